@@ -269,8 +269,9 @@ class LazyDfa:
 
     def expand_all(self, states: np.ndarray) -> None:
         """Make sure every state in `states` has its row (used before a vectorized gather)."""
-        pending = np.unique(states[self.table[states, 0] == UNEXPANDED])
-        for state in pending.tolist():
+        unexpanded = self.table[:, 0] == UNEXPANDED
+        pending = states[unexpanded[states]]
+        for state in np.unique(pending).tolist():
             self.expand(state)
 
     def next_state(self, state: int, byte: int) -> int:

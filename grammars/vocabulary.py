@@ -167,5 +167,11 @@ class ContentTokens:
         self.matrix = np.zeros((len(pairs), width), dtype=np.uint8)
         for row, (b, _) in enumerate(pairs):
             self.matrix[row, : len(b)] = np.frombuffer(b, dtype=np.uint8)
+        # One contiguous array per byte position: walks gather a position's bytes for the live tokens.
+        self.columns = np.ascontiguousarray(self.matrix.T).astype(np.int64)
+        # Each token's set of bytes as 256 bits (4 x uint64), for subset tests against a state's self-loop.
+        present = np.zeros((len(pairs), 256), dtype=bool)
+        present[np.repeat(np.arange(len(pairs)), self.lengths), np.concatenate([np.frombuffer(b, np.uint8) for b, _ in pairs])] = True
+        self.byte_sets = np.packbits(present, axis=1, bitorder="little").view("<u8")
         first = self.matrix[:, 0] if len(pairs) else np.zeros(0, dtype=np.uint8)
         self.first_byte_offsets = np.searchsorted(first, np.arange(257), side="left")
