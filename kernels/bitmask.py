@@ -188,26 +188,29 @@ def _apply_eager_bits(rows: torch.Tensor, words: torch.Tensor) -> None:
     bits.bitwise_xor_(neg_inf).bitwise_and_(keep.view(bits.shape)).bitwise_xor_(neg_inf)
 
 
-def _fused_mask_words(logits3: torch.Tensor, words: torch.Tensor) -> None:
-    # logits3: (batch, words, 32) view of the logits; the word broadcasts along the last axis, so inductor
-    # emits contiguous vector loads instead of an indexed gather per token.
+def _fused_mask_words(bits3: torch.Tensor, words: torch.Tensor, neg_inf: int) -> None:
+    # bits3: (batch, words, 32) integer view of the logits; the word broadcasts along the last axis, so inductor
+    # emits contiguous vector loads instead of an indexed gather per token. On the integer view, not the float
+    # one: inductor computes bf16/fp16 in float32 and would rewrite an allowed NaN's payload on the way back.
     shifts = torch.arange(BITS_PER_WORD, dtype=torch.int32, device=words.device)
     allowed = ((words.unsqueeze(-1) >> shifts) & 1).bool()
-    logits3.copy_(torch.where(allowed, logits3, float("-inf")))
+    bits3.copy_(torch.where(allowed, bits3, neg_inf))
 
 
-_compiled_kernel: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+_compiled_kernel: Callable[[torch.Tensor, torch.Tensor, int], None] | None = None
 _compile_failed = False
 
 
-def _compiled_mask_words() -> Callable[[torch.Tensor, torch.Tensor], None] | None:
+def _compiled_mask_words() -> Callable[[torch.Tensor, torch.Tensor, int], None] | None:
     global _compiled_kernel, _compile_failed
     if _compiled_kernel is None and not _compile_failed:
         try:
             kernel = torch.compile(_fused_mask_words, dynamic=True, fullgraph=True)
             probe = torch.zeros(2, 3, BITS_PER_WORD)
-            kernel(probe, torch.full((2, 3), 5, dtype=torch.int32))  # compiles now, fails here if no C++ toolchain
-            if not bool((probe[..., 1] == float("-inf")).all()):
+            int_dtype, neg_inf = _NEG_INF_BITS[probe.dtype]
+            # Compiles now, and fails here (not mid-request) if there is no C++ toolchain.
+            kernel(probe.view(int_dtype), torch.full((2, 3), 5, dtype=torch.int32), neg_inf)
+            if not bool((probe[..., 1] == float("-inf")).all()) or not bool((probe[..., 0] == 0).all()):
                 raise RuntimeError("compiled mask kernel gave a wrong result on a probe")
             _compiled_kernel = kernel
         except Exception as err:  # noqa: BLE001 - any compile failure means: use the eager path
@@ -232,7 +235,8 @@ def _apply_cpu(logits: torch.Tensor, bitmask: torch.Tensor, index: torch.Tensor 
         words = bitmask[:, :num_full_words]
         kernel = None if batch * full <= _EAGER_MAX_ELEMENTS else _compiled_mask_words()
         if kernel is not None:
-            kernel(body.unflatten(-1, (num_full_words, BITS_PER_WORD)), words)
+            int_dtype, neg_inf = _NEG_INF_BITS[logits.dtype]
+            kernel(body.view(int_dtype).unflatten(-1, (num_full_words, BITS_PER_WORD)), words, neg_inf)
         elif body.is_contiguous():
             _apply_eager_bits(body, words)
         else:
