@@ -27,11 +27,11 @@ Backend = Literal["auto", "torch", "cpu", "triton"]
 
 BITS_PER_WORD = 32
 
-# Crossover between the eager bit-trick path and the compiled fused kernel, in logits elements. Below it
-# the compiled call's fixed cost (~20 us of guards and wrapper) dominates; above it one fused pass over
-# memory wins. Measured with `python benchmarks/mask_apply.py --backends`: at (1, 49152) eager 18 us vs
-# compiled 23 us; at (8, 49152) eager 95 us vs compiled 40 us.
-_EAGER_MAX_ELEMENTS = 65_536
+# Crossover between the eager bit-trick path and the compiled fused kernel, in logits elements. Above it one
+# fused pass over memory wins, even at batch 1: measured with `python benchmarks/mask_apply.py --backends`
+# (us, fp32, density 50%): (1, 49152) eager 35 vs compiled 22; (8, 49152) 102 vs 38; (128, 152064) 28,070 vs
+# 2,293. Below it the compiled call's fixed cost (~20 us of guards and wrapper) is most of the time.
+_EAGER_MAX_ELEMENTS = 8_192
 
 # Bit patterns of -inf per float dtype, as the signed integer of the same width (two's complement).
 _NEG_INF_BITS: dict[torch.dtype, tuple[torch.dtype, int]] = {
@@ -188,35 +188,43 @@ def _apply_eager_bits(rows: torch.Tensor, words: torch.Tensor) -> None:
     bits.bitwise_xor_(neg_inf).bitwise_and_(keep.view(bits.shape)).bitwise_xor_(neg_inf)
 
 
-def _fused_mask_words(bits3: torch.Tensor, words: torch.Tensor, neg_inf: int) -> None:
-    # bits3: (batch, words, 32) integer view of the logits; the word broadcasts along the last axis, so inductor
-    # emits contiguous vector loads instead of an indexed gather per token. On the integer view, not the float
-    # one: inductor computes bf16/fp16 in float32 and would rewrite an allowed NaN's payload on the way back.
-    shifts = torch.arange(BITS_PER_WORD, dtype=torch.int32, device=words.device)
-    allowed = ((words.unsqueeze(-1) >> shifts) & 1).bool()
-    bits3.copy_(torch.where(allowed, bits3, neg_inf))
+def _make_fused_mask_words(neg_inf: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    def fused_mask_words(bits3: torch.Tensor, words: torch.Tensor) -> None:
+        # bits3: (batch, words, 32) integer view of the logits; the word broadcasts along the last axis, so
+        # inductor emits contiguous vector loads instead of an indexed gather per token. The integer view, not
+        # the float one: inductor computes bf16/fp16 in float32 and would rewrite an allowed NaN's payload.
+        # -inf's bit pattern is a constant of the closure: as an argument it became a symbolic int and the
+        # kernel ran slower (36 vs 52 us at (8, 49152), `python benchmarks/mask_apply.py --backends`).
+        shifts = torch.arange(BITS_PER_WORD, dtype=torch.int32, device=words.device)
+        allowed = ((words.unsqueeze(-1) >> shifts) & 1).bool()
+        bits3.copy_(torch.where(allowed, bits3, neg_inf))
+
+    return fused_mask_words
 
 
-_compiled_kernel: Callable[[torch.Tensor, torch.Tensor, int], None] | None = None
+_compiled_kernels: dict[torch.dtype, Callable[[torch.Tensor, torch.Tensor], None]] = {}
 _compile_failed = False
 
 
-def _compiled_mask_words() -> Callable[[torch.Tensor, torch.Tensor, int], None] | None:
-    global _compiled_kernel, _compile_failed
-    if _compiled_kernel is None and not _compile_failed:
+def _compiled_mask_words(dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None] | None:
+    """The fused kernel for logits of ``dtype`` (compiled on first use), or None without a C++ toolchain."""
+    global _compile_failed
+    kernel = _compiled_kernels.get(dtype)
+    if kernel is None and not _compile_failed:
+        int_dtype, neg_inf = _NEG_INF_BITS[dtype]
         try:
-            kernel = torch.compile(_fused_mask_words, dynamic=True, fullgraph=True)
-            probe = torch.zeros(2, 3, BITS_PER_WORD)
-            int_dtype, neg_inf = _NEG_INF_BITS[probe.dtype]
+            kernel = torch.compile(_make_fused_mask_words(neg_inf), dynamic=True, fullgraph=True)
+            probe = torch.zeros(2, 3, BITS_PER_WORD, dtype=dtype)
             # Compiles now, and fails here (not mid-request) if there is no C++ toolchain.
-            kernel(probe.view(int_dtype), torch.full((2, 3), 5, dtype=torch.int32), neg_inf)
+            kernel(probe.view(int_dtype), torch.full((2, 3), 5, dtype=torch.int32))
             if not bool((probe[..., 1] == float("-inf")).all()) or not bool((probe[..., 0] == 0).all()):
                 raise RuntimeError("compiled mask kernel gave a wrong result on a probe")
-            _compiled_kernel = kernel
+            _compiled_kernels[dtype] = kernel
         except Exception as err:  # noqa: BLE001 - any compile failure means: use the eager path
             _compile_failed = True
+            kernel = None
             logger.warning("apply_token_bitmask_inplace: torch.compile unavailable (%s); using eager CPU path", err)
-    return _compiled_kernel
+    return kernel
 
 
 def _apply_cpu(logits: torch.Tensor, bitmask: torch.Tensor, index: torch.Tensor | None) -> None:
@@ -233,10 +241,10 @@ def _apply_cpu(logits: torch.Tensor, bitmask: torch.Tensor, index: torch.Tensor 
     if num_full_words:
         body = logits[:, :full]
         words = bitmask[:, :num_full_words]
-        kernel = None if batch * full <= _EAGER_MAX_ELEMENTS else _compiled_mask_words()
+        kernel = None if batch * full <= _EAGER_MAX_ELEMENTS else _compiled_mask_words(logits.dtype)
         if kernel is not None:
-            int_dtype, neg_inf = _NEG_INF_BITS[logits.dtype]
-            kernel(body.view(int_dtype).unflatten(-1, (num_full_words, BITS_PER_WORD)), words, neg_inf)
+            int_dtype = _NEG_INF_BITS[logits.dtype][0]
+            kernel(body.view(int_dtype).unflatten(-1, (num_full_words, BITS_PER_WORD)), words)
         elif body.is_contiguous():
             _apply_eager_bits(body, words)
         else:

@@ -28,8 +28,8 @@ SHAPES = [
     ("padded_logits", 5, 1100, 32),  # logits 76 ids past the mask: disallowed
     ("wider_mask", 4, 900, 40),  # 380 extra bits ignored
     ("tiny", 2, 7, 1),
-    ("batch_64_compiled_path", 64, 4133, 130),  # > 65,536 elements: the fused compiled kernel
-    ("batch_17_eager_path", 17, 3000, 94),  # < 65,536 elements: the eager bit-trick path
+    ("batch_64_compiled_path", 64, 4133, 130),  # > 8,192 elements: the fused compiled kernel
+    ("batch_2_eager_path", 2, 3000, 94),  # < 8,192 elements: the eager bit-trick path
     ("wide_vocab", 2, 49_157, 1537),
 ]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
