@@ -17,7 +17,7 @@ import numpy as np
 
 from strictcall.grammars.automaton import DEAD, DEFAULT_MAX_DFA_STATES, DEFAULT_MAX_NFA_STATES, LazyDfa, Nfa
 from strictcall.grammars.json_schema import SchemaOptions, json_schema_to_regex
-from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask
+from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask, tokens_through_accepting
 from strictcall.grammars.regex import parse_regex
 from strictcall.grammars.vocabulary import Vocabulary
 
@@ -58,6 +58,7 @@ class CompiledGrammar:
         self.unenforced = unenforced
         self.dfa = LazyDfa(Nfa(parse_regex(regex), limits.max_nfa_states), limits.max_dfa_states)
         self._masks: dict[int, np.ndarray] = {}
+        self._exits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
         self._eos_bitmask = pack_token_bitmask(np.array(vocabulary.eos_token_ids, dtype=np.int64), vocabulary.num_words)
 
@@ -79,6 +80,17 @@ class CompiledGrammar:
                     mask.setflags(write=False)
                     self._masks[state] = mask
         return mask
+
+    def tokens_through_accepting(self, state: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens that complete the grammar before their last byte, with that byte position (cached per state)."""
+        exits = self._exits.get(state)
+        if exits is None:
+            with self._lock:
+                exits = self._exits.get(state)
+                if exits is None:
+                    exits = tokens_through_accepting(self.dfa, state, self.vocabulary.content_tokens)
+                    self._exits[state] = exits
+        return exits
 
     @property
     def eos_bitmask(self) -> np.ndarray:

@@ -8,6 +8,8 @@ only the tokens whose first byte is allowed (tokens are sorted by bytes, so thos
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from strictcall.grammars.automaton import DEAD, LazyDfa
@@ -23,41 +25,75 @@ def allowed_token_ids(dfa: LazyDfa, state: int, tokens: ContentTokens) -> tuple[
         (token ids, next states), both int arrays of equal length.
     """
     first = dfa.expand(state)
-    live_bytes = np.flatnonzero(first >= 0)
-    if len(live_bytes) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    offsets = tokens.first_byte_offsets
-    rows = np.concatenate([np.arange(offsets[b], offsets[b + 1]) for b in live_bytes.tolist()])
-    done_ids: list[np.ndarray] = []
-    done_states: list[np.ndarray] = []
+    rows = _rows_with_live_first_byte(first, tokens)
+    done_ids: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    done_states: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
     loop_bytes = np.flatnonzero(first == state)
     if len(loop_bytes) >= _MIN_LOOP_BYTES:
         # Inside a string most tokens never leave the state's self-loop: find them with a subset test on
-        # each token's set of bytes (4 x 64 bits) instead of walking them (5.2 -> 1.1 ms for a string state,
+        # each token's set of bytes (4 x 64 bits) instead of walking them (5.2 -> 1.6 ms for a string state,
         # SmolLM2; rerun benchmarks/grammar_engines.py).
         outside = ~_byte_set(loop_bytes)
         loops = ~(tokens.byte_sets[rows] & outside).any(axis=1)
         done_ids.append(tokens.ids[rows[loops]])
         done_states.append(np.full(int(loops.sum()), state, dtype=np.int64))
         rows = rows[~loops]
+    for position, alive, current in _walk(dfa, tokens, rows, first):
+        finished = tokens.lengths[alive] == position
+        done_ids.append(tokens.ids[alive[finished]])
+        done_states.append(current[finished])
+    return np.concatenate(done_ids), np.concatenate(done_states)
+
+
+def tokens_through_accepting(dfa: LazyDfa, state: int, tokens: ContentTokens) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens that pass through an accepting state before their last byte, and how many bytes that takes.
+
+    These are the tokens that may end one grammar and go on into the next (a call's end and a separator).
+
+    Returns:
+        (token ids, byte positions), one entry per (token, position) pair.
+    """
+    first = dfa.expand(state)
+    # A token must be longer than the distance to acceptance to get through it.
+    rows = _rows_with_live_first_byte(first, tokens)
+    rows = rows[tokens.lengths[rows] > dfa.min_bytes_to_accept[state]]
+    found_ids: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    found_positions: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    for position, alive, current in _walk(dfa, tokens, rows, first):
+        through = dfa.is_accepting_state[current] & (tokens.lengths[alive] > position)
+        found_ids.append(tokens.ids[alive[through]])
+        found_positions.append(np.full(int(through.sum()), position, dtype=np.int64))
+    return np.concatenate(found_ids), np.concatenate(found_positions)
+
+
+def _rows_with_live_first_byte(first: np.ndarray, tokens: ContentTokens) -> np.ndarray:
+    offsets = tokens.first_byte_offsets
+    live = np.flatnonzero(first >= 0).tolist()
+    return np.concatenate([np.arange(offsets[b], offsets[b + 1]) for b in live] + [np.zeros(0, dtype=np.int64)])
+
+
+def _walk(dfa: LazyDfa, tokens: ContentTokens, rows: np.ndarray, first: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Walk the tokens `rows` from a state whose row is `first`, one byte position at a time.
+
+    Yields:
+        (position, rows, states): the tokens still alive after `position` bytes, and their states.
+    """
     current = first[tokens.columns[0][rows]].astype(np.int64)
+    alive = current != DEAD
+    rows, current = rows[alive], current[alive]
     position = 1
     while len(rows):
-        finished = tokens.lengths[rows] == position
-        if finished.any():
-            done_ids.append(tokens.ids[rows[finished]])
-            done_states.append(current[finished])
-            rows, current = rows[~finished], current[~finished]
-            if not len(rows):
-                break
+        yield position, rows, current
+        longer = tokens.lengths[rows] > position
+        rows, current = rows[longer], current[longer]
+        if not len(rows):
+            return
         dfa.expand_all(current)
         # A flat gather (state * 256 + byte) is ~2x faster than 2-D fancy indexing here.
         current = dfa.table.ravel()[current * 256 + tokens.columns[position][rows]]
         alive = current != DEAD
-        if not alive.all():
-            rows, current = rows[alive], current[alive]
+        rows, current = rows[alive], current[alive]
         position += 1
-    return np.concatenate(done_ids), np.concatenate(done_states)
 
 
 def _byte_set(byte_values: np.ndarray) -> np.ndarray:

@@ -107,7 +107,13 @@ class Vocabulary:
         return cls(token_bytes, eos_token_ids, vocab_size)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any, vocab_size: int | None = None, eos_token_ids: Iterable[int] | None = None) -> Vocabulary:
+    def from_tokenizer(
+        cls,
+        tokenizer: Any,
+        vocab_size: int | None = None,
+        eos_token_ids: Iterable[int] | None = None,
+        text_special_tokens: Iterable[str] = (),
+    ) -> Vocabulary:
         """Read a Hugging Face tokenizer: byte-level BPE (`Ġ`), SentencePiece (`▁`, `<0xNN>`), added tokens.
 
         Args:
@@ -115,7 +121,10 @@ class Vocabulary:
             vocab_size: the model's logits width, when larger than the tokenizer.
             eos_token_ids: override the end ids; by default the tokenizer's eos plus the end-of-turn tokens
                 of the common chat templates that the vocabulary holds.
+            text_special_tokens: special tokens that a tool-call format writes (Mistral's `[TOOL_CALLS]`):
+                they emit their text, so a grammar can require them.
         """
+        as_text = set(text_special_tokens)
         byte_level = _is_byte_level(tokenizer)
         vocab: dict[str, int] = tokenizer.get_vocab()
         size = max(vocab.values()) + 1
@@ -124,7 +133,8 @@ class Vocabulary:
             token_bytes[token_id] = _piece_bytes(piece, byte_level)
         for token_id, added in getattr(tokenizer, "added_tokens_decoder", {}).items():
             # An added token is matched by its literal text; a special one emits no content at all.
-            token_bytes[token_id] = None if added.special else added.content.encode("utf-8")
+            keep = not added.special or added.content in as_text
+            token_bytes[token_id] = added.content.encode("utf-8") if keep else None
         if eos_token_ids is None:
             ends = {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
             if tokenizer.eos_token_id is not None:

@@ -1,0 +1,521 @@
+"""Tool-call grammars for a turn, composed at run time from per-tool grammars.
+
+A tool's whole call (envelope + `{"name": "<name>", "arguments": <schema>}`) is one `CompiledGrammar`,
+compiled once per (schema, format, vocabulary) and cached by the `GrammarCompiler`. A turn (`TurnGrammar`)
+only names which grammars may follow which: `prefix call (separator call)* suffix`, or in `auto` mode free
+text (or a `response_format` answer) that may switch to calls. A `TurnMatcher` holds the set of live
+configurations (segment, grammar state); its mask is the bitwise OR of theirs, so while the tool name is
+still open every offered tool is live and a name that was not offered is impossible.
+
+Invariant: the mask and `accept_token` agree; end of turn is allowed only after a complete answer or a
+complete call sequence. Tokens that span two segments (the end of one call and the separator of the next, or
+a call and the suffix) are not allowed: the model spells that boundary with two tokens. Free text to a call
+is exact: tokens that complete the trigger and go on into the call are allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+
+from strictcall.grammars.automaton import DEAD
+from strictcall.grammars.compiler import CompiledGrammar, GrammarCompiler
+from strictcall.grammars.formats import ToolCallFormat
+from strictcall.grammars.json_schema import UnsupportedSchemaError, json_schema_to_regex
+from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask
+from strictcall.grammars.regex import escape
+
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_MAX_CACHED_MASKS = 4096
+
+
+class ToolGrammarError(ValueError):
+    """A request's tools, tool_choice or response_format cannot be compiled; `param` names the field."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """OpenAI's `tool_choice`, parsed: `none`, `auto`, `required`, or a named function."""
+
+    mode: Literal["none", "auto", "required", "named"]
+    name: str | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> ToolChoice:
+        """Read `"none" | "auto" | "required" | {"type": "function", "function": {"name": ...}}`.
+
+        Raises:
+            ToolGrammarError: any other value.
+        """
+        if value in ("none", "auto", "required"):
+            return cls(value)
+        if isinstance(value, dict) and value.get("type") == "function" and isinstance(value.get("function"), dict):
+            name = value["function"].get("name")
+            if isinstance(name, str):
+                return cls("named", name)
+        raise ToolGrammarError(
+            f"tool_choice must be 'none', 'auto', 'required' or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {value!r}",
+            "tool_choice",
+        )
+
+
+class _TriggerDfa:
+    """The trigger's KMP automaton in the `LazyDfa` interface: state k = the text ends with trigger[:k].
+
+    Completing the trigger is DEAD here: free text cannot contain it (the turn switches to a call instead).
+    """
+
+    def __init__(self, trigger: bytes):
+        size = len(trigger)
+        table = np.zeros((size, 256), dtype=np.int32)
+        table[0, trigger[0]] = 1
+        fallback = 0
+        for j in range(1, size):
+            table[j] = table[fallback]
+            table[j, trigger[j]] = j + 1
+            fallback = int(table[fallback, trigger[j]])
+        table[table == size] = DEAD
+        self.table = table
+        self.trigger = trigger
+
+    def expand(self, state: int) -> np.ndarray:
+        return self.table[state]
+
+    def expand_all(self, states: np.ndarray) -> None:
+        pass
+
+    def split(self, state: int, data: bytes) -> tuple[int, bytes | None]:
+        """Walk `data`: (new state, None) if the trigger does not complete, else (-, bytes after the trigger)."""
+        for i, byte in enumerate(data):
+            state = int(self.table[state, byte])
+            if state == DEAD:
+                return DEAD, data[i + 1 :]
+        return state, None
+
+
+# A configuration: (segment, tool name or "", grammar state, number of calls completed before this segment).
+# Segments: "text" (free text; the state is the trigger automaton's), "first"/"next" (a call, with the
+# prefix or the separator in front), "suffix", "answer" (response_format).
+Config = tuple[str, str, int, int]
+
+
+class TurnGrammar:
+    """The grammars one turn may use and how they follow each other (immutable, cached, shared).
+
+    Attributes:
+        format: the tool-call syntax.
+        allow_text: free text is allowed (auto mode without a response_format, or no tools).
+        answer: the response_format grammar, if any.
+        first_calls / next_calls: per tool name, the grammar of a first / a following call.
+        max_calls: at most this many calls (None: no limit).
+    """
+
+    def __init__(
+        self,
+        format: ToolCallFormat,
+        compiler: GrammarCompiler,
+        first_calls: dict[str, CompiledGrammar],
+        next_calls: dict[str, CompiledGrammar],
+        max_calls: int | None,
+        allow_text: bool,
+        answer: CompiledGrammar | None,
+    ):
+        self.format = format
+        self.vocabulary = compiler.vocabulary
+        self.first_calls = first_calls
+        self.next_calls = next_calls
+        self.max_calls = max_calls
+        self.allow_text = allow_text
+        self.answer = answer
+        self.suffix = compiler.compile_regex(escape(format.suffix)) if format.suffix and first_calls else None
+        self.trigger = _TriggerDfa(format.trigger.encode("utf-8")) if allow_text and first_calls else None
+        self._masks: OrderedDict[frozenset[Config], np.ndarray] = OrderedDict()
+        self._trigger_tokens: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+        eos = np.array(self.vocabulary.eos_token_ids, dtype=np.int64)
+        self._eos = pack_token_bitmask(eos, self.vocabulary.num_words)
+        self._all_content = pack_token_bitmask(
+            np.array([i for i, b in enumerate(self.vocabulary.token_bytes) if b], dtype=np.int64), self.vocabulary.num_words
+        )
+
+    @property
+    def is_unconstrained(self) -> bool:
+        """Free text with no calls and no answer format: nothing to mask."""
+        return self.allow_text and not self.first_calls and self.answer is None
+
+    def grammar_of(self, config: Config) -> CompiledGrammar:
+        segment, name = config[0], config[1]
+        if segment == "first":
+            return self.first_calls[name]
+        if segment == "next":
+            return self.next_calls[name]
+        if segment == "suffix":
+            return self.suffix  # type: ignore[return-value]
+        return self.answer  # type: ignore[return-value]
+
+    def start_configs(self) -> frozenset[Config]:
+        configs: set[Config] = set()
+        if self.allow_text:
+            configs.add(("text", "", 0, 0))
+        elif self.first_calls:
+            configs |= {("first", name, g.start_state, 0) for name, g in self.first_calls.items()}
+        if self.answer is not None:
+            configs.add(("answer", "", self.answer.start_state, 0))
+        return self.closure(configs)
+
+    def closure(self, configs: set[Config]) -> frozenset[Config]:
+        """Add what may start where a segment is complete: the next call, or the suffix."""
+        out = set(configs)
+        for config in configs:
+            segment, _, state, num_calls = config
+            if segment not in ("first", "next") or not self.grammar_of(config).is_accepting(state):
+                continue
+            done = num_calls + 1
+            if self.suffix is not None:
+                out.add(("suffix", "", self.suffix.start_state, done))
+            if self.max_calls is None or done < self.max_calls:
+                out |= {("next", name, g.start_state, done) for name, g in self.next_calls.items()}
+        return frozenset(out)
+
+    def may_end(self, configs: frozenset[Config]) -> bool:
+        """End of turn is allowed: free text, or a complete answer, suffix, or call (when there is no suffix)."""
+        for config in configs:
+            segment, _, state, _ = config
+            if segment == "text":
+                return True
+            if segment in ("first", "next") and self.suffix is not None:
+                continue
+            if self.grammar_of(config).is_accepting(state):
+                return True
+        return False
+
+    def follow_ons(self, config: Config) -> frozenset[Config]:
+        """What may start right after `config` (the next call, the suffix), if it is complete."""
+        return self.closure({config}) - {config}
+
+    def advance(self, configs: frozenset[Config], data: bytes) -> frozenset[Config]:
+        """The live configurations after a token's bytes (empty if the token is not allowed)."""
+        out: set[Config] = set()
+        for config in configs:
+            out |= self._advance_one(config, data)
+        return self.closure(out)
+
+    def _advance_one(self, config: Config, data: bytes) -> set[Config]:
+        segment, name, state, num_calls = config
+        if segment == "text":
+            if self.trigger is None:
+                return {config}
+            new_state, rest = self.trigger.split(state, data)
+            if rest is None:
+                return {("text", "", new_state, 0)}
+            lead = self.trigger.trigger + rest
+            return {("first", tool, s, 0) for tool, g in self.first_calls.items() if (s := g.dfa.walk(g.start_state, lead)) != DEAD}
+        grammar = self.grammar_of(config)
+        out: set[Config] = set()
+        for i, byte in enumerate(data):
+            state = int(grammar.dfa.expand(state)[byte])
+            if state == DEAD:
+                return out
+            if i + 1 < len(data) and grammar.is_accepting(state):
+                # The token goes on past the end of this segment into what may follow it.
+                for follow in self.follow_ons((segment, name, state, num_calls)):
+                    out |= self._advance_one(follow, data[i + 1 :])
+        out.add((segment, name, state, num_calls))
+        return out
+
+    def token_bitmask(self, configs: frozenset[Config]) -> np.ndarray:
+        """The OR of every live configuration's mask, with end-of-turn ids where the turn may end."""
+        mask = self._masks.get(configs)
+        if mask is not None:
+            return mask
+        rows = []
+        crossing: list[int] = []
+        for config in configs:
+            if config[0] == "text":
+                rows.append(self._text_bitmask(config[2]))
+                continue
+            grammar = self.grammar_of(config)
+            rows.append(grammar.token_bitmask(config[2]))
+            if config[0] in ("first", "next"):
+                crossing += self._crossing_tokens(config, grammar)
+        if crossing:
+            rows.append(pack_token_bitmask(np.array(crossing, dtype=np.int64), self.vocabulary.num_words))
+        mask = np.bitwise_or.reduce(np.stack(rows), axis=0) & ~self._eos
+        if self.may_end(configs):
+            mask |= self._eos
+        mask.setflags(write=False)
+        with self._lock:
+            self._masks[configs] = mask
+            while len(self._masks) > _MAX_CACHED_MASKS:
+                self._masks.popitem(last=False)
+        return mask
+
+    def _crossing_tokens(self, config: Config, grammar: CompiledGrammar) -> list[int]:
+        """Tokens that finish this call and go on into the separator, the next call or the suffix."""
+        segment, name, state, num_calls = config
+        token_ids, positions = grammar.tokens_through_accepting(state)
+        out = []
+        for token_id, position in zip(token_ids.tolist(), positions.tolist()):
+            data = self.vocabulary.token_bytes[token_id]
+            done = (segment, name, grammar.dfa.walk(state, data[:position]), num_calls)  # type: ignore[index]
+            follow = self.follow_ons(done)
+            if follow and self.advance(follow, data[position:]):  # type: ignore[index]
+                out.append(token_id)
+        return out
+
+    def _text_bitmask(self, state: int) -> np.ndarray:
+        if self.trigger is None:
+            return self._all_content
+        cached = self._trigger_tokens.get(state)
+        if cached is not None:
+            return cached
+        # Tokens that keep the text free of the trigger, plus those that complete it and go on into a call.
+        token_ids, _ = allowed_token_ids(self.trigger, state, self.vocabulary.content_tokens)
+        completing = np.setdiff1d(self.vocabulary.content_tokens.ids, token_ids)
+        text = frozenset({("text", "", state, 0)})
+        into_call = [i for i in completing.tolist() if self.advance(text, self.vocabulary.token_bytes[i])]  # type: ignore[arg-type]
+        mask = pack_token_bitmask(np.concatenate([token_ids, np.array(into_call, dtype=np.int64)]), self.vocabulary.num_words)
+        self._trigger_tokens[state] = mask
+        return mask
+
+    def forced_bytes(self, configs: frozenset[Config]) -> bytes:
+        """The bytes every continuation starts with: the common prefix of the live configurations' forced text."""
+        if not configs or self.may_end(configs):
+            return b""
+        forced = []
+        for config in configs:
+            if config[0] == "text":
+                return b""
+            forced.append(self.grammar_of(config).forced_bytes(config[2]))
+        common = forced[0]
+        for other in forced[1:]:
+            n = 0
+            while n < min(len(common), len(other)) and common[n] == other[n]:
+                n += 1
+            common = common[:n]
+        return common
+
+    def min_bytes_to_end(self, configs: frozenset[Config]) -> int:
+        """Fewest bytes before the turn may end (a lower bound for `max_tokens` checks)."""
+        best = None
+        for config in configs:
+            if config[0] == "text":
+                return 0
+            remaining = self.grammar_of(config).min_bytes_to_accept(config[2])
+            if config[0] in ("first", "next") and self.suffix is not None:
+                remaining += len(self.format.suffix.encode("utf-8"))
+            best = remaining if best is None else min(best, remaining)
+        return 0 if best is None else best
+
+
+class TurnMatcher:
+    """One request's position in a `TurnGrammar`; same interface as `GrammarMatcher`."""
+
+    def __init__(self, turn: TurnGrammar):
+        self.turn = turn
+        self._history: list[frozenset[Config]] = [turn.start_configs()]
+        self._terminated = False
+
+    @property
+    def configs(self) -> frozenset[Config]:
+        return self._history[-1]
+
+    def is_terminated(self) -> bool:
+        return self._terminated
+
+    def is_accepting(self) -> bool:
+        return self._terminated or self.turn.may_end(self.configs)
+
+    def accept_token(self, token_id: int) -> bool:
+        """Advance by one token; False (and no change) if the turn does not allow it here."""
+        if self._terminated:
+            return False
+        vocabulary = self.turn.vocabulary
+        if token_id in vocabulary.eos_token_ids:
+            if not self.turn.may_end(self.configs):
+                return False
+            self._history.append(self.configs)
+            self._terminated = True
+            return True
+        if not 0 <= token_id < vocabulary.vocab_size or not vocabulary.token_bytes[token_id]:
+            return False
+        return self.accept_bytes(vocabulary.token_bytes[token_id])  # type: ignore[arg-type]
+
+    def accept_bytes(self, data: bytes) -> bool:
+        """Advance by raw bytes (forced text); one step for `rollback`."""
+        if self._terminated:
+            return False
+        configs = self.turn.advance(self.configs, data)
+        if not configs:
+            return False
+        self._history.append(configs)
+        return True
+
+    def rollback(self, num_steps: int) -> None:
+        if not 0 <= num_steps < len(self._history):
+            raise ValueError(f"cannot roll back {num_steps} steps: only {len(self._history) - 1} were accepted")
+        if num_steps and self._terminated:
+            self._terminated = False
+        del self._history[len(self._history) - num_steps :]
+
+    def next_token_bitmask(self) -> np.ndarray:
+        if self._terminated:
+            return self.turn._eos
+        return self.turn.token_bitmask(self.configs)
+
+    def fill_next_token_bitmask(self, bitmask: Any, index: int = 0) -> None:
+        """Write the allowed tokens into row `index` of a `(batch, ceil(V/32))` int32 bitmask."""
+        row = self.next_token_bitmask()
+        if isinstance(bitmask, np.ndarray):
+            bitmask[index] = row
+        elif bitmask.device.type == "cpu":
+            bitmask[index].numpy()[:] = row
+        else:
+            import torch
+
+            bitmask[index].copy_(torch.from_numpy(row.copy()), non_blocking=True)
+
+    def forced_bytes(self) -> bytes:
+        return b"" if self._terminated else self.turn.forced_bytes(self.configs)
+
+    def min_bytes_to_end(self) -> int:
+        return 0 if self._terminated else self.turn.min_bytes_to_end(self.configs)
+
+    def in_tool_call(self) -> bool:
+        """Whether the text so far has committed to tool calls (the trigger is complete)."""
+        return any(c[0] in ("first", "next", "suffix") for c in self.configs) and not any(c[0] == "text" for c in self.configs)
+
+
+class ToolGrammarCompiler:
+    """Builds `TurnGrammar`s from OpenAI-shaped requests for one format and vocabulary, with caches.
+
+    Args:
+        compiler: the grammar compiler (and cache) of the vocabulary.
+        format: the tool-call syntax of the model.
+    """
+
+    def __init__(self, compiler: GrammarCompiler, format: ToolCallFormat, max_cached_turns: int = 256):
+        self.compiler = compiler
+        self.format = format
+        self.max_cached_turns = max_cached_turns
+        self._turns: OrderedDict[str, TurnGrammar] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def compile_turn(
+        self,
+        tools: list[dict[str, Any]] | None,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool = True,
+        response_format: dict[str, Any] | None = None,
+    ) -> TurnGrammar:
+        """The grammar of one assistant turn, in OpenAI's terms.
+
+        Args:
+            tools: OpenAI `tools` (`[{"type": "function", "function": {"name", "parameters", "strict"}}]`).
+            tool_choice: `none`, `auto` (default with tools), `required`, or `{"type": "function", ...}`.
+            parallel_tool_calls: False allows at most one call.
+            response_format: `{"type": "text" | "json_object" | "json_schema", "json_schema": {...}}`.
+
+        Raises:
+            ToolGrammarError: invalid tools, tool_choice or response_format, or a schema that cannot be
+                enforced (the message names the tool and the JSON pointer).
+        """
+        key = json.dumps([tools, tool_choice, parallel_tool_calls, response_format], ensure_ascii=False, default=str)
+        with self._lock:
+            turn = self._turns.get(key)
+            if turn is not None:
+                self._turns.move_to_end(key)
+                return turn
+        turn = self._build(tools or [], tool_choice, parallel_tool_calls, response_format)
+        with self._lock:
+            self._turns[key] = turn
+            while len(self._turns) > self.max_cached_turns:
+                self._turns.popitem(last=False)
+        return turn
+
+    def _build(self, tools: list[dict[str, Any]], tool_choice: Any, parallel: bool, response_format: dict[str, Any] | None) -> TurnGrammar:
+        functions = _check_tools(tools)
+        choice = ToolChoice.parse(tool_choice if tool_choice is not None else ("auto" if functions else "none"))
+        if choice.mode != "none" and not functions:
+            raise ToolGrammarError(f"tool_choice {tool_choice!r} needs at least one tool in `tools`", "tool_choice")
+        if choice.mode == "named":
+            if choice.name not in functions:
+                raise ToolGrammarError(
+                    f"tool_choice names function {choice.name!r}, which is not in tools ({', '.join(functions)})", "tool_choice"
+                )
+            functions = {choice.name: functions[choice.name]}
+        answer = self._answer_grammar(response_format)
+        calls = {} if choice.mode == "none" else functions
+        first = {name: self._call_grammar(i, f, first=True) for name, (i, f) in calls.items()}
+        max_calls = 1 if choice.mode == "named" or not parallel else None
+        following = {} if max_calls == 1 else {name: self._call_grammar(i, f, first=False) for name, (i, f) in calls.items()}
+        allow_text = choice.mode in ("none", "auto") and answer is None
+        return TurnGrammar(self.format, self.compiler, first, following, max_calls, allow_text, answer)
+
+    def _call_grammar(self, index: int, function: dict[str, Any], *, first: bool) -> CompiledGrammar:
+        name = function["name"]
+        param = f"tools[{index}].function.parameters"
+        parameters = function.get("parameters", {"type": "object", "properties": {}})
+        strict = function.get("strict") is True
+        try:
+            arguments = _arguments_regex(json.dumps(parameters, ensure_ascii=False), strict)
+            return self.compiler.compile_regex(self.format.call_regex(name, arguments, first=first))
+        except UnsupportedSchemaError as error:
+            raise ToolGrammarError(f"tool {name!r}, parameters {error}", param) from error
+        except ValueError as error:
+            raise ToolGrammarError(f"tool {name!r}: {error}", param) from error
+
+    def _answer_grammar(self, response_format: dict[str, Any] | None) -> CompiledGrammar | None:
+        if response_format is None or response_format.get("type", "text") == "text":
+            return None
+        kind = response_format.get("type")
+        try:
+            if kind == "json_object":
+                return self.compiler.compile_json_schema({"type": "object", "additionalProperties": True})
+            if kind == "json_schema":
+                spec = response_format.get("json_schema")
+                if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), (dict, bool)):
+                    raise ToolGrammarError("response_format.json_schema must be {\"name\": ..., \"schema\": {...}}", "response_format.json_schema")
+                return self.compiler.compile_json_schema(spec.get("schema", {}), strict=spec.get("strict") is True)
+        except ToolGrammarError:
+            raise
+        except ValueError as error:
+            raise ToolGrammarError(f"response_format schema: {error}", "response_format.json_schema.schema") from error
+        raise ToolGrammarError(f"response_format.type must be 'text', 'json_object' or 'json_schema', got {kind!r}", "response_format.type")
+
+
+@lru_cache(maxsize=4096)
+def _arguments_regex(parameters_json: str, strict: bool) -> str:
+    # Keyed by the schema's JSON text (key order kept: it is the order properties are generated in).
+    return json_schema_to_regex(json.loads(parameters_json), strict=strict).regex
+
+
+def _check_tools(tools: list[dict[str, Any]]) -> dict[str, tuple[int, dict[str, Any]]]:
+    functions: dict[str, tuple[int, dict[str, Any]]] = {}
+    if not isinstance(tools, list):
+        raise ToolGrammarError("tools must be a list of {\"type\": \"function\", \"function\": {...}}", "tools")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+            raise ToolGrammarError(f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{...}}}}", f"tools[{i}]")
+        function = tool["function"]
+        name = function.get("name")
+        if not isinstance(name, str) or not _TOOL_NAME.match(name):
+            raise ToolGrammarError(f"tools[{i}].function.name must match ^[a-zA-Z0-9_-]{{1,64}}$, got {name!r}", f"tools[{i}].function.name")
+        if name in functions:
+            raise ToolGrammarError(f"tools[{i}]: function name {name!r} is given twice", f"tools[{i}].function.name")
+        parameters = function.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(parameters, dict):
+            raise ToolGrammarError(f"tools[{i}].function.parameters must be a JSON Schema object", f"tools[{i}].function.parameters")
+        functions[name] = (i, function)
+    return functions

@@ -1,0 +1,286 @@
+"""Tool-call grammars: every finished turn parses into calls that name an offered tool and validate.
+
+The harshest model is a random one: at every step a random allowed token (with a pull toward the end once
+the walk is long, so turns finish). Whatever it picks, the turn must parse and validate, in every format x
+tool_choice x parallel setting, across the BFCL tool sets.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from strictcall.grammars.compiler import GrammarCompiler
+from strictcall.grammars.formats import FORMATS, GENERIC, HERMES, MISTRAL, ToolCall, detect_format
+from strictcall.grammars.masks import unpack_token_bitmask
+from strictcall.grammars.tools import ToolGrammarCompiler, ToolGrammarError, TurnMatcher
+from strictcall.grammars.vocabulary import Vocabulary
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bfcl"
+MODES = ["auto", "required", "named"]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+        },
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}}}
+
+
+def bfcl_tool_sets(limit: int) -> list[list[dict]]:
+    sets = []
+    for name in ("simple.jsonl", "multiple.jsonl"):
+        with open(DATA / name) as f:
+            sets += [json.loads(line)["tools"] for line in f]
+    rng = random.Random(0)
+    rng.shuffle(sets)
+    return [s for s in sets if s][:limit]
+
+
+@pytest.fixture(scope="module")
+def vocabulary(smollm2_tokenizer) -> Vocabulary:
+    return Vocabulary.from_tokenizer(smollm2_tokenizer, text_special_tokens=["[TOOL_CALLS]"])
+
+
+@pytest.fixture(scope="module")
+def compilers(vocabulary: Vocabulary) -> dict[str, ToolGrammarCompiler]:
+    grammar_compiler = GrammarCompiler(vocabulary)
+    return {name: ToolGrammarCompiler(grammar_compiler, fmt) for name, fmt in FORMATS.items()}
+
+
+def accept(matcher: TurnMatcher, vocabulary: Vocabulary, token: int, text: bytearray) -> bool:
+    if not matcher.accept_token(token):
+        return False
+    text += vocabulary.token_bytes[token] or b""
+    return True
+
+
+def random_turn(matcher: TurnMatcher, vocabulary: Vocabulary, rng: np.random.Generator, text: bytearray, max_steps: int = 400) -> bool:
+    """Random allowed tokens until end of turn; after 60 steps, the best of 12 random candidates by distance to the end.
+
+    Returns whether the turn ended (False: cut short at `max_steps`).
+    """
+    eos = set(vocabulary.eos_token_ids)
+    for step in range(max_steps):
+        allowed = unpack_token_bitmask(matcher.next_token_bitmask(), vocabulary.vocab_size)
+        assert len(allowed) > 0, "a live turn always allows some token"
+        if step < 60:
+            token = int(rng.choice(allowed))
+        else:
+            candidates = set(rng.choice(allowed, size=min(12, len(allowed))).tolist()) | (eos & set(allowed.tolist()))
+            scores = []
+            for candidate in sorted(candidates):
+                assert matcher.accept_token(candidate)
+                scores.append((matcher.min_bytes_to_end(), candidate))
+                matcher.rollback(1)
+            token = min(scores)[1]
+        assert accept(matcher, vocabulary, token, text)
+        if token in eos:
+            return True
+    return False
+
+
+def check_turn(text: str, fmt, tools: list[dict], mode: str, parallel: bool, named: str | None) -> list[ToolCall]:
+    content, calls = fmt.parse_tool_calls(text)
+    schemas = {t["function"]["name"]: t["function"].get("parameters", {}) for t in tools}
+    if mode != "auto":
+        assert content == "" and len(calls) >= 1
+    if named is not None:
+        assert [c.name for c in calls] == [named]
+    if not parallel:
+        assert len(calls) <= 1
+    for call in calls:
+        assert call.name in schemas
+        jsonschema.validate(call.arguments, schemas[call.name], format_checker=jsonschema.FormatChecker())
+    return calls
+
+
+@pytest.mark.parametrize("format_name", sorted(FORMATS))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("parallel", [True, False])
+def test_random_turns_parse_and_validate(compilers, vocabulary: Vocabulary, smollm2_tokenizer, format_name: str, mode: str, parallel: bool) -> None:
+    fmt = FORMATS[format_name]
+    rng = np.random.default_rng(sorted(FORMATS).index(format_name) * 100 + MODES.index(mode) * 10 + parallel)
+    num_finished = num_calls = 0
+    for tools in bfcl_tool_sets(6) + [[WEATHER, TIME]]:
+        named = tools[int(rng.integers(len(tools)))]["function"]["name"] if mode == "named" else None
+        choice = {"type": "function", "function": {"name": named}} if named else mode
+        matcher = TurnMatcher(compilers[format_name].compile_turn(tools, choice, parallel))
+        text = bytearray()
+        if mode == "auto":
+            # Free text, then the trigger: random text alone would almost never call a tool.
+            for token in smollm2_tokenizer.encode("Let me check that. ", add_special_tokens=False):
+                assert accept(matcher, vocabulary, token, text)
+            for token in smollm2_tokenizer.encode(fmt.trigger, add_special_tokens=False):
+                assert accept(matcher, vocabulary, token, text)
+            assert matcher.in_tool_call()
+        if not random_turn(matcher, vocabulary, rng, text):
+            assert matcher.min_bytes_to_end() >= 0
+            continue
+        num_finished += 1
+        num_calls += len(check_turn(text.decode("utf-8"), fmt, tools, mode, parallel, named))
+    assert num_finished >= 5 and num_calls >= num_finished
+
+
+@pytest.fixture(scope="module")
+def tokenizer_with_call_tokens(smollm2_tokenizer):
+    """SmolLM2's tokenizer plus the call markers as single tokens, as Qwen's, Llama 3's and Mistral's have."""
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    tokenizer.add_tokens(["<tool_call>", "</tool_call>"])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
+    return tokenizer
+
+
+@pytest.mark.parametrize("format_name", sorted(FORMATS))
+@pytest.mark.parametrize("mode", MODES)
+def test_reference_calls_through_the_real_tokenizer_are_accepted(tokenizer_with_call_tokens, format_name: str, mode: str) -> None:
+    fmt = FORMATS[format_name]
+    vocabulary = Vocabulary.from_tokenizer(tokenizer_with_call_tokens, text_special_tokens=fmt.special_tokens)
+    compiler = ToolGrammarCompiler(GrammarCompiler(vocabulary), fmt)
+    calls = [ToolCall("get_weather", {"city": "東京", "unit": "celsius"}), ToolCall("get_time", {})]
+    if mode == "named":
+        calls = calls[:1]
+    choice = {"type": "function", "function": {"name": "get_weather"}} if mode == "named" else mode
+    text = ("I will look that up." if mode == "auto" else "") + fmt.render_calls(calls)
+    ids = tokenizer_with_call_tokens.encode(text, add_special_tokens=False)
+    if fmt.special_tokens or format_name in ("hermes", "generic"):
+        marker = fmt.special_tokens[0] if fmt.special_tokens else "<tool_call>"
+        assert tokenizer_with_call_tokens.convert_tokens_to_ids(marker) in ids  # one token, not spelled out
+    matcher = TurnMatcher(compiler.compile_turn([WEATHER, TIME], choice))
+    for token in ids:
+        mask = matcher.next_token_bitmask()
+        assert (mask[token // 32] >> (token % 32)) & 1, tokenizer_with_call_tokens.decode([token])
+        assert matcher.accept_token(token), tokenizer_with_call_tokens.decode([token])
+    assert matcher.accept_token(vocabulary.eos_token_ids[0])
+    content, parsed = fmt.parse_tool_calls(text)
+    assert parsed == calls and content == ("I will look that up." if mode == "auto" else "")
+
+
+def test_text_that_resembles_the_trigger_stays_text(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
+    matcher = TurnMatcher(compilers["hermes"].compile_turn([WEATHER], "auto"))
+    for token in smollm2_tokenizer.encode("Use <tool_cal> or <tool_call!", add_special_tokens=False):
+        assert matcher.accept_token(token)
+    assert not matcher.in_tool_call() and matcher.is_accepting()
+    for token in smollm2_tokenizer.encode(" <tool_call>", add_special_tokens=False):
+        assert matcher.accept_token(token)
+    assert matcher.in_tool_call() and not matcher.is_accepting()
+    assert matcher.forced_bytes() == b'\n{"name": "get_weather", "arguments": {"city": "'
+
+
+def test_tokens_completing_the_trigger_and_entering_the_call_are_allowed(tokenizer_with_call_tokens) -> None:
+    vocabulary = Vocabulary.from_tokenizer(tokenizer_with_call_tokens)
+    turn = ToolGrammarCompiler(GrammarCompiler(vocabulary), HERMES).compile_turn([WEATHER], "auto")
+    matcher = TurnMatcher(turn)
+    allowed = set(unpack_token_bitmask(matcher.next_token_bitmask(), vocabulary.vocab_size).tolist())
+    assert tokenizer_with_call_tokens.convert_tokens_to_ids("<tool_call>") in allowed
+    # "<tool_call>" followed by a token that cannot start a call is refused right there.
+    assert matcher.accept_token(tokenizer_with_call_tokens.convert_tokens_to_ids("<tool_call>"))
+    assert not matcher.accept_token(tokenizer_with_call_tokens.encode("hello", add_special_tokens=False)[0])
+
+
+def test_one_call_only_without_parallel_calls(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
+    turn = compilers["generic"].compile_turn([WEATHER, TIME], "required", parallel_tool_calls=False)
+    matcher = TurnMatcher(turn)
+    for token in smollm2_tokenizer.encode(GENERIC.render_calls([ToolCall("get_time", {})]), add_special_tokens=False):
+        assert matcher.accept_token(token)
+    allowed = unpack_token_bitmask(matcher.next_token_bitmask(), vocabulary.vocab_size)
+    assert set(allowed.tolist()) == set(vocabulary.eos_token_ids)
+
+
+def test_mistral_needs_its_suffix_before_the_end(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
+    matcher = TurnMatcher(compilers["mistral"].compile_turn([TIME], "required"))
+    for token in smollm2_tokenizer.encode('[TOOL_CALLS][{"name": "get_time", "arguments": {}}', add_special_tokens=False):
+        assert matcher.accept_token(token)
+    assert not matcher.is_accepting()
+    assert not matcher.accept_token(vocabulary.eos_token_ids[0])
+    assert matcher.accept_bytes(b"]") and matcher.is_accepting()
+
+
+def test_response_format_with_tools_keeps_calls_possible(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
+    answer = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}}
+    turn = compilers["hermes"].compile_turn([WEATHER], "auto", response_format=answer)
+    for text in ['{"x": 12}', HERMES.render_calls([ToolCall("get_weather", {"city": "Oslo"})])]:
+        matcher = TurnMatcher(turn)
+        for token in smollm2_tokenizer.encode(text, add_special_tokens=False):
+            assert matcher.accept_token(token), text
+        assert matcher.accept_token(vocabulary.eos_token_ids[0])
+    matcher = TurnMatcher(turn)
+    assert not matcher.accept_token(smollm2_tokenizer.encode("Hello", add_special_tokens=False)[0])
+
+
+@pytest.mark.parametrize(
+    "tools, choice, param",
+    [
+        ([WEATHER], {"type": "function", "function": {"name": "nope"}}, "tool_choice"),
+        ([], "required", "tool_choice"),
+        ([WEATHER], "sometimes", "tool_choice"),
+        ([{"type": "function", "function": {"name": "bad name!"}}], "auto", "tools[0].function.name"),
+        ([WEATHER, WEATHER], "auto", "tools[1].function.name"),
+        ([{"type": "function", "function": {"name": "f", "strict": True, "parameters": {"type": "array", "uniqueItems": True}}}], "auto", "tools[0].function.parameters"),
+    ],
+)
+def test_bad_requests_are_clear_errors(compilers, tools, choice, param: str) -> None:
+    with pytest.raises(ToolGrammarError) as error:
+        compilers["hermes"].compile_turn(tools, choice)
+    assert error.value.param == param
+
+
+def test_turns_and_tool_grammars_are_cached(vocabulary: Vocabulary) -> None:
+    grammar_compiler = GrammarCompiler(vocabulary)
+    compiler = ToolGrammarCompiler(grammar_compiler, HERMES)
+    turn = compiler.compile_turn([WEATHER, TIME], "auto")
+    assert compiler.compile_turn([WEATHER, TIME], "auto") is turn
+    misses = grammar_compiler.num_cache_misses
+    other = compiler.compile_turn([TIME, WEATHER], "required")  # same tools, another turn: no new tool grammar
+    assert other is not turn and grammar_compiler.num_cache_misses == misses
+
+
+@pytest.mark.parametrize(
+    "template, expected",
+    [
+        (None, "generic"),
+        ("{% for m in messages %}{{ m.content }}{% endfor %}", "generic"),
+        ("{% if tools %}<tool_call>{% endif %}", "hermes"),
+        ("{% if tools %}[TOOL_CALLS]{% endif %}", "mistral"),
+        ("{% if tools %}<|start_header_id|>ipython{% endif %}", "llama3_json"),
+    ],
+)
+def test_format_is_detected_from_the_chat_template(template, expected: str) -> None:
+    assert detect_format(template).name == expected
+
+
+def test_logits_processor_constrains_generate_on_a_random_model(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from strictcall.grammars.logits_processor import ConstrainedLogitsProcessor
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocabulary.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
+    model = LlamaForCausalLM(config).eval()
+    turn = compilers["generic"].compile_turn([WEATHER, TIME], "required", parallel_tool_calls=False)
+    matchers = [TurnMatcher(turn), TurnMatcher(turn)]
+    prompt = torch.tensor([smollm2_tokenizer.encode("What is the weather?")] * 2)
+    with torch.no_grad():
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=120, do_sample=True, top_k=0,
+                             logits_processor=[ConstrainedLogitsProcessor(matchers, vocabulary.vocab_size)],
+                             eos_token_id=list(vocabulary.eos_token_ids), pad_token_id=vocabulary.eos_token_ids[0])
+    for row, matcher in zip(out[:, prompt.shape[1]:].tolist(), matchers):
+        text = b"".join(vocabulary.token_bytes[t] or b"" for t in row).decode("utf-8", errors="replace")
+        if matcher.is_terminated():
+            check_turn(text, GENERIC, [WEATHER, TIME], "required", False, None)
+        else:  # cut by max_new_tokens: a prefix the grammar still allows
+            assert text.startswith("<tool_call>")
