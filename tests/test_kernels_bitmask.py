@@ -177,3 +177,15 @@ def test_triton_on_cuda_matches_reference(dtype: torch.dtype) -> None:
     on_gpu = logits.cuda()
     apply_token_bitmask_inplace(on_gpu, bitmask.cuda(), indices=None)  # auto -> triton
     assert torch.equal(bits(on_gpu.cpu()), bits(expected))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_rows_without_indices_on_the_compiled_path(backend: str) -> None:
+    # 40 rows x 1,000 ids > 8,192 elements: the fused compiled kernel on a (row stride 1,100) view.
+    buffer, bitmask = random_case(40, 1100, 32, torch.bfloat16, seed=8)
+    original = buffer.clone()
+    expected = original[:, :1000].clone()
+    apply_token_bitmask_inplace(expected, bitmask, backend="torch")
+    apply_token_bitmask_inplace(buffer[:, :1000], bitmask, backend=backend)
+    assert torch.equal(bits(buffer[:, :1000]), bits(expected))
+    assert torch.equal(bits(buffer[:, 1000:]), bits(original[:, 1000:])), "wrote past the logits view"
