@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
@@ -563,7 +563,9 @@ class _Compiler:
         if "$ref" in schema:
             return self.compile_ref(schema, pointer)
         if "allOf" in schema:
-            return self.compile(self.merge_all_of(schema, pointer), pointer)
+            inlined: list[str] = []
+            merged = self.merge_all_of(schema, pointer, inlined)
+            return self.expand(inlined, lambda: self.compile(merged, pointer))
         if "anyOf" in schema or "oneOf" in schema:
             return self.sized(self.compile_union(schema, pointer), pointer)
         return self.sized(self.compile_plain(schema, pointer), pointer)
@@ -588,38 +590,40 @@ class _Compiler:
                 raise UnsupportedSchemaError(pointer, "$ref", f"{reference!r} does not resolve in this schema")
         return target, target_pointer
 
+    def expand(self, references: list[str], compile_inside: Callable[[], str | None]) -> str | None:
+        """Run `compile_inside` with `references` counted as expanded once more; None past the depth bound."""
+        counts = dict(self.ref_counts)
+        for reference in references:
+            self.ref_counts[reference] = self.ref_counts.get(reference, 0) + 1
+        try:
+            if any(self.ref_counts[reference] > self.options.max_recursion_depth for reference in references):
+                self.recursion_cut = True
+                return None
+            return compile_inside()
+        finally:
+            self.ref_counts = counts
+
     def compile_ref(self, schema: dict[str, Any], pointer: str) -> str | None:
         reference = schema["$ref"]
         target, target_pointer = self.resolve(reference, pointer)
         siblings = {key: value for key, value in schema.items() if key != "$ref" and key not in _ANNOTATIONS}
-        count = self.ref_counts.get(reference, 0)
-        if count >= self.options.max_recursion_depth:
-            self.recursion_cut = True
-            return None
+        if siblings:
+            return self.compile({"allOf": [{"$ref": reference}, siblings]}, pointer)
         key = (reference, tuple(sorted(self.ref_counts.items())))
-        if not siblings and key in self.cache:
-            return self.cache[key]
-        self.ref_counts[reference] = count + 1
-        try:
-            if siblings:
-                return self.compile({"allOf": [target, siblings]}, pointer)
-            result = self.compile(target, target_pointer)
-            self.cache[key] = result
-            return result
-        finally:
-            self.ref_counts[reference] = count
-            if not count:
-                del self.ref_counts[reference]
+        if key not in self.cache:
+            self.cache[key] = self.expand([reference], lambda: self.compile(target, target_pointer))
+        return self.cache[key]
 
-    def inline(self, schema: Any, pointer: str, hops: int = 0) -> Any:
+    def inline(self, schema: Any, pointer: str, inlined: list[str], hops: int = 0) -> Any:
         """A schema with its top-level `$ref` replaced by the target (merged with siblings), for merging."""
         if not isinstance(schema, dict) or "$ref" not in schema:
             return schema
         if hops > 32:
             raise UnsupportedSchemaError(pointer, "$ref", "forms a cycle of references without any structure")
         target, _ = self.resolve(schema["$ref"], pointer)
+        inlined.append(schema["$ref"])
         siblings = {key: value for key, value in schema.items() if key != "$ref"}
-        target = self.inline(target, pointer, hops + 1)
+        target = self.inline(target, pointer, inlined, hops + 1)
         if not siblings:
             return target
         if isinstance(target, bool):
@@ -627,12 +631,12 @@ class _Compiler:
         return {"allOf": [target, siblings]}
 
     # allOf, anyOf, oneOf.
-    def merge_all_of(self, schema: dict[str, Any], pointer: str) -> Any:
+    def merge_all_of(self, schema: dict[str, Any], pointer: str, inlined: list[str]) -> Any:
         members = [{key: value for key, value in schema.items() if key != "allOf"}, *schema["allOf"]]
         merged: dict[str, Any] = {}
         pending = list(reversed(members))
         while pending:
-            member = self.inline(pending.pop(), pointer)
+            member = self.inline(pending.pop(), pointer, inlined)
             if member is False:
                 return False
             if member is True:
@@ -705,40 +709,12 @@ class _Compiler:
                                  f"{pointer}/{keyword}/{index}") for index, option in enumerate(options))
 
     def exclusive(self, options: list[Any], siblings: dict[str, Any], pointer: str) -> bool:
-        """Whether no value can satisfy two options: disjoint JSON types, constants, or a constant property."""
-        inlined = [self.inline(option, pointer) for option in options]
-        if not all(isinstance(option, dict) for option in inlined):
+        """Whether no value we generate for one option is valid under another (so oneOf == anyOf)."""
+        merged = [self.merge_all_of({"allOf": [siblings, option]}, pointer, []) for option in options]
+        if not all(isinstance(option, dict) for option in merged):
             return False
-        constants = [option.get("enum", [option["const"]] if "const" in option else None) for option in inlined]
-        if all(values is not None for values in constants):
-            dumped = [json.dumps(value, sort_keys=True) for values in constants for value in values]  # type: ignore[union-attr]
-            return len(dumped) == len(set(dumped))
-        sibling_types = _schema_types(siblings) or set(JSON_TYPES)
-        kinds = []
-        for option, values in zip(inlined, constants):
-            kind = _value_types(values) if values is not None else (_schema_types(option) or set(JSON_TYPES))
-            kind = {"number" if name == "integer" else name for name in kind & sibling_types}
-            kinds.append(kind)
-        if all(not (kinds[i] & kinds[j]) for i in range(len(kinds)) for j in range(i)):
-            return True
-        return self.discriminated(inlined)
-
-    def discriminated(self, options: list[dict[str, Any]]) -> bool:
-        """Objects that all require one property whose constant values differ (a tagged union)."""
-        for name in options[0].get("required", []):
-            tags = []
-            for option in options:
-                subschema = self.inline(option.get("properties", {}).get(name), "")
-                if name not in option.get("required", []) or not isinstance(subschema, dict):
-                    break
-                values = subschema.get("enum", [subschema["const"]] if "const" in subschema else None)
-                if values is None:
-                    break
-                tags.extend(json.dumps(value, sort_keys=True) for value in values)
-            else:
-                if len(tags) == len(set(tags)):
-                    return True
-        return False
+        return all(_excludes(merged[i], merged[j]) and _excludes(merged[j], merged[i])
+                   for i in range(len(merged)) for j in range(i))
 
     # Plain schemas.
     def compile_plain(self, schema: dict[str, Any], pointer: str) -> str | None:
@@ -903,8 +879,8 @@ class _Compiler:
                 continue
             entries.append((name, value, name in required))
         for name in required:
-            if name not in properties:
-                value = self.compile(additional, f"{pointer}/additionalProperties")
+            if name not in properties:  # any value, unless additionalProperties says otherwise
+                value = self.compile(schema.get("additionalProperties", True), f"{pointer}/additionalProperties")
                 if value is None:
                     return None
                 entries.append((name, value, True))
@@ -950,6 +926,43 @@ class _Compiler:
                 scalars.append(f"\\{{(?:{string}: {inner}(?:, {string}: {inner})*)?\\}}")
             self.any_cache[depth] = _alt(scalars)  # type: ignore[assignment]
         return self.any_cache[depth]
+
+
+def _constants(schema: dict[str, Any]) -> list[Any] | None:
+    return schema.get("enum", [schema["const"]] if "const" in schema else None)
+
+
+def _emitted_keys(schema: dict[str, Any]) -> set[str] | None:
+    """The keys our regex for an object schema can write; None: unbounded (extra keys allowed)."""
+    declared = "properties" in schema or "required" in schema
+    if schema.get("additionalProperties", not declared) is not False:
+        return None
+    return set(schema.get("properties", {})) | set(schema.get("required", []))
+
+
+def _excludes(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    """Whether no value our regex generates for `first` is valid under `second` (a sufficient check)."""
+    first_values, second_values = _constants(first), _constants(second)
+    if first_values is not None and second_values is not None:
+        dumped = {json.dumps(value, sort_keys=True) for value in second_values}
+        return not any(json.dumps(value, sort_keys=True) in dumped for value in first_values)
+    first_types = _value_types(first_values) if first_values is not None else _schema_types(first)
+    second_types = _value_types(second_values) if second_values is not None else _schema_types(second)
+    first_kinds = {"number" if name == "integer" else name for name in first_types or JSON_TYPES}
+    second_kinds = {"number" if name == "integer" else name for name in second_types or JSON_TYPES}
+    if not first_kinds & second_kinds:
+        return True
+    if first_kinds != {"object"}:
+        return False
+    keys = _emitted_keys(first)
+    if keys is not None and not set(second.get("required", [])) <= keys:
+        return True  # `second` requires a key we never write
+    for name in first.get("required", []):  # a tag property: always written, with values `second` refuses
+        tag, other = first.get("properties", {}).get(name), second.get("properties", {}).get(name)
+        if isinstance(tag, dict) and isinstance(other, dict) and _constants(tag) is not None and \
+                _constants(other) is not None and _excludes(tag, other):
+            return True
+    return False
 
 
 def _escape_pointer(name: str) -> str:
