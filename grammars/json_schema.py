@@ -476,6 +476,11 @@ def _limit_length(node: Node, low: int, high: int | None) -> Node | None:
     return None
 
 
+def _grouped(node: Node) -> str:
+    """`to_regex(node)`, safe to concatenate: a top-level alternation is put in a group."""
+    return f"(?:{to_regex(node)})" if isinstance(node, Alternation) else to_regex(node)
+
+
 @lru_cache(maxsize=64)
 def _parsed_format(name: str, max_digits: int) -> Node | None:
     regex = _format_regex(name, max_digits)
@@ -500,8 +505,8 @@ def _key_not_in(names: Iterable[str]) -> str:
     def complement(node: dict[str, Any]) -> str:
         children = [char for char in node if char]
         others = CharClass.of([(ord(char), ord(char)) for char in children]).complement()
-        options = ["" if "" not in node else None, to_regex(_json_escaped(others)) + any_units]
-        options += [to_regex(_json_escaped(CharClass.literal(char))) + complement(node[char]) for char in children]
+        options = ["" if "" not in node else None, _grouped(_json_escaped(others)) + any_units]
+        options += [_grouped(_json_escaped(CharClass.literal(char))) + complement(node[char]) for char in children]
         return _alt(options)  # type: ignore[return-value]  # the "others" option is always there
 
     return '"' + complement(trie) + '"'
@@ -822,7 +827,7 @@ class _Compiler:
                 content = limited
         if isinstance(content, Alternation) and not content.options:
             return None
-        return '"' + to_regex(_json_escaped(content)) + '"'
+        return '"' + _grouped(_json_escaped(content)) + '"'
 
     def compile_array(self, schema: dict[str, Any], pointer: str) -> str | None:
         if schema.get("uniqueItems") is True:

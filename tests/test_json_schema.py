@@ -1,0 +1,443 @@
+"""Tests for grammars/json_schema.py on real schemas (BFCL tools, JSONSchemaBench) and hand-written ones.
+
+Both directions of the invariant: valid instances (compact, keys in declared order, within the documented
+bounds) match the regex; strings drawn at random from the regex parse as JSON and validate, formats included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import sys
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis_jsonschema import from_schema
+
+from strictcall.grammars.json_schema import (
+    SchemaOptions,
+    UnsupportedSchemaError,
+    json_schema_to_regex,
+)
+from strictcall.grammars.regex import Alternation, CharClass, Concat, Node, parse_regex
+
+DATA = Path("/work/shared/data")
+NUM_BENCH_SAMPLE = 300
+
+# name, schema, instances that must match, instances that must not.
+CASES = [
+    ("optional properties", {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}}},
+     [{}, {"a": 1}, {"b": "x"}, {"a": 1, "b": "x"}], ['{"b": "x", "a": 1}', '{"a": 1,"b": "x"}', '{, "a": 1}']),
+    ("required in the middle", {"type": "object", "properties": {"a": {"type": "null"}, "b": {"type": "boolean"},
+                                                                  "c": {"type": "null"}}, "required": ["b"]},
+     [{"b": True}, {"a": None, "b": False, "c": None}], ["{}", '{"a": null}']),
+    ("required outside properties", {"type": "object", "properties": {}, "required": ["x"]},
+     [{"x": [1, {"y": "z"}]}], ["{}"]),
+    ("additional properties", {"type": "object", "properties": {"a": {"type": "integer"}},
+                               "additionalProperties": {"type": "string"}},
+     [{"a": 1, "b": "x", "c": "y"}, {"z": "w"}], ['{"a": 1, "a": "x"}', '{"b": 1}']),
+    ("any object", {"type": "object"}, [{}, {"k": [1, None]}], ["[]"]),
+    ("type list", {"type": ["string", "null"]}, ["x", None], ["1"]),
+    ("enum of anything", {"enum": [1, "a\"b", None, [1, {"k": "v"}], {"x": 1.5}]},
+     [1, "a\"b", None, [1, {"k": "v"}], {"x": 1.5}], ['"a"', "2"]),
+    ("const", {"const": "é\n"}, ["é\n"], ['"é"']),
+    ("enum filtered by type", {"type": "string", "enum": ["a", 1]}, ["a"], ["1"]),
+    ("integer range", {"type": "integer", "minimum": -15, "exclusiveMaximum": 120},
+     [-15, -1, 0, 9, 10, 99, 119], ["-16", "120", "007", "-0", "1.0"]),
+    ("draft 4 exclusive", {"$schema": "http://json-schema.org/draft-04/schema#", "type": "integer", "minimum": 0, "exclusiveMinimum": True, "maximum": 3}, [1, 2, 3],
+     ["0", "4"]),
+    ("unbounded integer", {"type": "integer"}, [0, -7, 2**53, -(2**53)], ["01", "+1", "1e3", "12345678901234567"]),
+    ("number range", {"type": "number", "minimum": -1.25, "maximum": 2.5},
+     [-1.25, -1.2, -1, 0, 0.001, 2, 2.5, 2.49999], ["-1.26", "2.50001", "3", "1e0"]),
+    ("exclusive number", {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+     [0.5, 0.0001, 0.99999], ["0", "0.0", "1", "1.0", "-0.1"]),
+    ("unbounded number", {"type": "number"}, [1, -2.5, 1e-07, 1.5e300, 0.30000000000000004], ["1.", ".5", "1e"]),
+    ("string lengths", {"type": "string", "minLength": 2, "maxLength": 3}, ["ab", "a\"c", "\\\\\\"],
+     ['"a"', '"abcd"']),
+    ("string escapes", {"type": "string"}, ["\x00\x1f\u2028\"\\/", "😀"], ['"\x01"', '"\\x"', '"\\ud800"']),
+    ("pattern", {"type": "string", "pattern": "^[a-z]+\\d?$"}, ["abc", "ab1"], ['"ab12"', '"A"']),
+    ("search pattern", {"type": "string", "pattern": "o\"k"}, ["o\"k", "xxo\"kyy"], ['"ok"']),
+    ("pattern with length", {"type": "string", "pattern": "^[A-Z][a-z]*$", "maxLength": 3}, ["A", "Abc"],
+     ['"Abcd"']),
+    ("date", {"type": "string", "format": "date"}, ["2024-02-29", "2023-12-31"], ['"2023-02-29"', '"2023-13-01"']),
+    ("date-time", {"type": "string", "format": "date-time"}, ["2024-01-02T03:04:05Z", "2024-01-02T03:04:05.5+01:00"],
+     ['"2024-01-02 03:04:05"']),
+    ("uuid", {"type": "string", "format": "uuid"}, ["12345678-1234-1234-1234-123456789abc"], ['"1234"']),
+    ("ipv4", {"type": "string", "format": "ipv4"}, ["192.168.0.1"], ['"256.1.1.1"', '"01.1.1.1"']),
+    ("ipv6", {"type": "string", "format": "ipv6"}, ["::1", "fe80::1:2", "1:2:3:4:5:6:7:8"], ['"1:2"']),
+    ("array bounds", {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 3},
+     [[1], [1, 2, 3]], ["[]", "[1, 2, 3, 4]", "[1,2]"]),
+    ("prefix items", {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}],
+                      "items": False, "minItems": 1}, [[1], [1, "a"]], ['[1, "a", 2]', '["a"]', "[]"]),
+    ("draft 4 tuple", {"$schema": "http://json-schema.org/draft-04/schema#", "type": "array", "items": [{"type": "boolean"}], "additionalItems": {"type": "null"}},
+     [[], [True], [True, None, None]], ["[null]"]),
+    ("anyOf", {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 1}]}, [1, "a"], ['"ab"']),
+    ("tagged oneOf", {"oneOf": [
+        {"type": "object", "properties": {"kind": {"const": "a"}, "x": {"type": "integer"}}, "required": ["kind"]},
+        {"type": "object", "properties": {"kind": {"const": "b"}}, "required": ["kind"]}]},
+     [{"kind": "a", "x": 1}, {"kind": "b"}], ['{"kind": "c"}']),
+    ("allOf merge", {"allOf": [{"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}},
+                                "required": ["a"]},
+                               {"properties": {"a": {"maximum": 5}, "b": {"type": "string"}}}]},
+     [{"a": 5}, {"a": 0, "b": "x"}], ['{"a": 6}', "{}"]),
+    ("recursive ref", {"$defs": {"node": {"type": "object", "properties": {
+        "value": {"type": "integer"}, "next": {"$ref": "#/$defs/node"}}, "required": ["value"]}},
+        "$ref": "#/$defs/node"},
+     [{"value": 1}, {"value": 1, "next": {"value": 2, "next": {"value": 3}}}],
+     ['{"value": 1, "next": {"value": 2, "next": {"value": 3, "next": {"value": 4}}}}']),
+    ("root ref", {"type": "array", "items": {"$ref": "#"}, "maxItems": 2}, [[], [[], [[]]]], ["[1]"]),
+    ("false property", {"type": "object", "properties": {"a": False, "b": {"type": "null"}}}, [{"b": None}],
+     ['{"a": 1}']),
+    ("annotations ignored", {"type": "integer", "title": "t", "description": "d", "default": 1, "examples": [2],
+                             "optional": True, "deprecated": True, "format": "int32"}, [3], ['"3"']),
+]
+
+# name, schema, keyword that must be reported.
+UNSUPPORTED = [
+    ("uniqueItems", {"type": "array", "uniqueItems": True}, "uniqueItems"),
+    ("patternProperties", {"type": "object", "patternProperties": {"^a": {}}}, "patternProperties"),
+    ("number multipleOf", {"type": "number", "multipleOf": 0.01}, "multipleOf"),
+    ("not", {"not": {"type": "string"}}, "not"),
+    ("if", {"if": {"type": "string"}, "then": {"minLength": 1}}, "if"),
+    ("contains", {"type": "array", "contains": {"type": "integer"}}, "contains"),
+    ("unknown format", {"type": "string", "format": "semver"}, "format"),
+    ("overlapping oneOf", {"oneOf": [{"type": "integer"}, {"type": "number"}]}, "oneOf"),
+    ("dependencies", {"type": "object", "dependencies": {"a": ["b"]}}, "dependencies"),
+    ("pattern with length", {"type": "string", "pattern": "a", "maxLength": 4}, "maxLength"),
+]
+
+
+def _load(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@lru_cache(maxsize=1)
+def _bfcl_schemas() -> list[tuple[str, Any]]:
+    schemas = {}
+    for path in sorted((DATA / "bfcl").glob("*.jsonl")):
+        for record in _load(path):
+            for tool in record["tools"]:
+                schemas[json.dumps(tool["function"]["parameters"], sort_keys=True)] = (
+                    f"{record['id']}/{tool['function']['name']}", tool["function"]["parameters"])
+    return list(schemas.values())
+
+
+@lru_cache(maxsize=1)
+def _bench_records() -> list[dict[str, Any]]:
+    return [record for path in sorted((DATA / "jsonschemabench").glob("*.jsonl")) for record in _load(path)]
+
+
+def _bench_sample() -> list[dict[str, Any]]:
+    """A deterministic sample: the records with the smallest sha256 of their id."""
+    records = sorted(_bench_records(), key=lambda record: hashlib.sha256(record["id"].encode()).hexdigest())
+    return records[:NUM_BENCH_SAMPLE]
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+def _resolve(schema: Any, root: Any, hops: int = 0) -> Any:
+    while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#") \
+            and hops < 20:
+        target = root
+        for token in schema["$ref"][1:].split("/")[1:]:
+            token = token.replace("~1", "/").replace("~0", "~")
+            target = target.get(token) if isinstance(target, dict) else None
+        schema, hops = target, hops + 1
+    return schema
+
+
+def _subschemas(schema: Any, root: Any) -> list[dict[str, Any]]:
+    """The schema and the allOf/anyOf/oneOf members whose `properties`/`items` describe the same value."""
+    schema = _resolve(schema, root)
+    if not isinstance(schema, dict):
+        return []
+    found = [schema]
+    for keyword in ("allOf", "anyOf", "oneOf"):
+        for member in schema.get(keyword, []):
+            found.extend(_subschemas(member, root))
+    return found
+
+
+def _declared_order(value: Any, schema: Any, root: Any, undeclared: list[str] | None = None) -> Any:
+    """The instance with every object's keys in the order our regex writes them (declared, then extra).
+
+    Keys our regex never writes (undeclared ones where the schema did not ask for extras) go to `undeclared`.
+    """
+    members = _subschemas(schema, root)
+    if isinstance(value, dict):
+        order: dict[str, Any] = {}
+        for member in members:
+            for name, subschema in member.get("properties", {}).items():
+                order.setdefault(name, subschema)
+        for member in members:
+            for name in member.get("required", []):
+                order.setdefault(name, True)
+        extra = next((m["additionalProperties"] for m in members if isinstance(m.get("additionalProperties"), dict)),
+                     True)
+        allows_extra = not order or any(m.get("additionalProperties") not in (None, False) for m in members)
+        if undeclared is not None and not allows_extra:
+            undeclared.extend(name for name in value if name not in order)
+        keys = [name for name in order if name in value] + [name for name in value if name not in order]
+        return {name: _declared_order(value[name], order.get(name, extra), root, undeclared) for name in keys}
+    if isinstance(value, list):
+        result = []
+        for index, item in enumerate(value):
+            item_schema: Any = True
+            for member in members:
+                prefix = member.get("prefixItems", member.get("items") if isinstance(member.get("items"), list)
+                                    else [])
+                if index < len(prefix):
+                    item_schema = prefix[index]
+                elif isinstance(member.get("items"), dict):
+                    item_schema = member["items"]
+            result.append(_declared_order(item, item_schema, root, undeclared))
+        return result
+    return value
+
+
+def _out_of_bounds(value: Any, options: SchemaOptions = SchemaOptions()) -> bool:
+    """Outside the documented bounds: long integers, long fractions, exponents or integral floats."""
+    if isinstance(value, dict):
+        return any(_out_of_bounds(item, options) for item in value.values())
+    if isinstance(value, list):
+        return any(_out_of_bounds(item, options) for item in value)
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return len(str(abs(value))) > options.max_integer_digits
+    if isinstance(value, float):
+        text = repr(value)
+        return "e" in text or value.is_integer() or len(text.partition(".")[2]) > options.max_fraction_digits
+    return False
+
+
+def _closed(schema: Any, in_all_of: bool = False) -> Any:
+    """The schema as our compiler reads it: declared properties and no `additionalProperties` -> no extras."""
+    if isinstance(schema, list):
+        return [_closed(item, in_all_of) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {key: _closed(value, key == "allOf") if key not in ("enum", "const", "default", "examples") else value
+              for key, value in schema.items()}
+    if ("properties" in schema or "required" in schema) and "additionalProperties" not in schema \
+            and not in_all_of and "$ref" not in schema:
+        result["additionalProperties"] = False
+    return result
+
+
+def _validator(schema: Any) -> jsonschema.protocols.Validator:
+    validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+
+
+def _sample(node: Node, rng: random.Random) -> str:
+    """A random string of the regex's language: a walk with repeats bounded at min + 2, ASCII preferred."""
+    out: list[str] = []
+    stack: list[Node] = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, CharClass):
+            printable = [(max(lo, 0x20), min(hi, 0x7E)) for lo, hi in item.ranges if lo <= 0x7E and hi >= 0x20]
+            ranges = printable if printable and rng.random() < 0.9 else list(item.ranges)
+            low, high = rng.choice(ranges)
+            out.append(chr(rng.randint(low, high)))
+        elif isinstance(item, Concat):
+            stack.extend(reversed(item.parts))
+        elif isinstance(item, Alternation):
+            stack.append(rng.choice(item.options))
+        else:
+            high = item.min_count + 2 if item.max_count is None else min(item.max_count, item.min_count + 2)
+            stack.extend([item.node] * rng.randint(item.min_count, high))
+    return "".join(out)
+
+
+def _check_instances(schema: Any, regex: str, valid: list[Any], invalid: list[Any], stats: Counter[str],
+                     failures: list[str], name: str) -> None:
+    compiled = re.compile(regex)
+    for instance in valid:
+        undeclared: list[str] = []
+        text = _compact(_declared_order(instance, schema, schema, undeclared))
+        if compiled.fullmatch(text):
+            stats["valid matched"] += 1
+        elif _out_of_bounds(instance):
+            stats["valid outside documented bounds"] += 1
+        elif undeclared or not _validator(_closed(schema)).is_valid(instance):
+            stats["valid with undeclared keys (not generated by default)"] += 1
+        else:
+            failures.append(f"{name}: {text[:300]}")
+    for instance in invalid:
+        text = _compact(_declared_order(instance, schema, schema))
+        stats["invalid rejected" if not compiled.fullmatch(text) else "invalid accepted"] += 1
+
+
+@pytest.mark.parametrize(("schema", "valid", "invalid"), [row[1:] for row in CASES], ids=[row[0] for row in CASES])
+def test_cases(schema: dict[str, Any], valid: list[Any], invalid: list[str]) -> None:
+    compiled = re.compile(json_schema_to_regex(schema).regex)
+    validator = _validator(schema)
+    for instance in valid:
+        assert validator.is_valid(instance), instance  # the table itself is right
+        assert compiled.fullmatch(_compact(instance)), _compact(instance)
+    for text in invalid:
+        assert not compiled.fullmatch(text), text
+
+
+@pytest.mark.parametrize(("schema", "keyword"), [row[1:] for row in UNSUPPORTED], ids=[row[0] for row in UNSUPPORTED])
+def test_unsupported_keyword_is_named_or_reported(schema: dict[str, Any], keyword: str) -> None:
+    with pytest.raises(UnsupportedSchemaError) as error:
+        json_schema_to_regex(schema)
+    assert error.value.keyword == keyword
+    assert f"keyword {keyword!r}" in str(error.value) and "strict=False" in str(error.value)
+    relaxed = json_schema_to_regex(schema, strict=False)
+    assert (error.value.pointer, keyword) in relaxed.unenforced
+
+
+def test_strict_false_enforces_the_rest() -> None:
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"},
+                                                        "uniqueItems": True}}, "required": ["tags"]}
+    result = json_schema_to_regex(schema, strict=False)
+    assert result.unenforced == (("/properties/tags", "uniqueItems"),)
+    assert re.fullmatch(result.regex, '{"tags": ["a", "a"]}')
+    assert not re.fullmatch(result.regex, '{"tags": [1]}')
+
+
+def test_errors_name_pointer_and_fix() -> None:
+    with pytest.raises(UnsupportedSchemaError, match=r"schema at /properties/unit: keyword 'patternProperties'"):
+        json_schema_to_regex({"type": "object", "properties": {"unit": {"type": "object",
+                                                                         "patternProperties": {"x": {}}}}})
+    with pytest.raises(UnsupportedSchemaError, match="not a local reference"):
+        json_schema_to_regex({"$ref": "https://example.com/schema.json"})
+    with pytest.raises(UnsupportedSchemaError, match="accepts no instance"):
+        json_schema_to_regex(False)
+    with pytest.raises(UnsupportedSchemaError, match="max_recursion_depth"):
+        json_schema_to_regex({"type": "object", "properties": {"me": {"$ref": "#"}}, "required": ["me"]})
+    with pytest.raises(UnsupportedSchemaError, match="max_regex_chars=1000"):
+        json_schema_to_regex({"type": "object", "properties": {f"p{i}": {} for i in range(3)}},
+                             options=SchemaOptions(max_regex_chars=1000))
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_integer_digits"):
+        SchemaOptions(max_integer_digits=0)
+    with pytest.raises(TypeError):
+        SchemaOptions(unknown=1)  # type: ignore[call-arg]
+    regex = json_schema_to_regex({"type": "integer"}, options=SchemaOptions(max_integer_digits=3)).regex
+    assert re.fullmatch(regex, "-999") and not re.fullmatch(regex, "1000")
+
+
+def test_many_optional_properties_stay_linear() -> None:
+    def size(count: int) -> int:
+        properties = {f"p{i}": {"type": "integer"} for i in range(count)}
+        return len(json_schema_to_regex({"type": "object", "properties": properties}).regex)
+
+    assert size(300) < 2.1 * size(150)
+    properties = {f"p{i}": {"type": "integer"} for i in range(300)}
+    regex = json_schema_to_regex({"type": "object", "properties": properties}).regex
+    assert re.fullmatch(regex, '{"p3": 1, "p299": 2}') and not re.fullmatch(regex, '{"p299": 2, "p3": 1}')
+    parse_regex(regex)  # the nesting is as deep as the properties are many
+
+
+def test_bfcl_tools() -> None:
+    stats: Counter[str] = Counter()
+    failures: list[str] = []
+    for path in sorted((DATA / "bfcl").glob("*.jsonl")):
+        for record in _load(path):
+            # BFCL's reference answers, first accepted value per parameter, are instances of the tool's schema.
+            answers: dict[str, list[Any]] = {}
+            for call in record.get("possible_answer") or []:
+                for bfcl_name, arguments in call.items():
+                    instance = {key: values[0] for key, values in arguments.items()
+                                if isinstance(values, list) and values and values[0] != ""}
+                    answers.setdefault(bfcl_name, []).append(instance)
+            for tool in record["tools"]:
+                function = tool["function"]
+                schema = function["parameters"]
+                result = json_schema_to_regex(schema)
+                stats["compiled"] += 1
+                validator = _validator(schema)
+                instances = answers.get(record["name_map"].get(function["name"], function["name"]), [])
+                valid = [instance for instance in instances if validator.is_valid(instance)]
+                _check_instances(schema, result.regex, valid, [], stats, failures, record["id"])
+    print(dict(stats))
+    assert not failures, failures[:5]
+    assert stats["valid matched"] > 500
+
+
+def test_bench_sample_valid_instances_match() -> None:
+    stats: Counter[str] = Counter()
+    failures: list[str] = []
+    for record in _bench_sample():
+        try:
+            result = json_schema_to_regex(record["schema"])
+        except UnsupportedSchemaError as error:
+            stats[f"unsupported {error.keyword}"] += 1
+            continue
+        stats["compiled"] += 1
+        valid = [test["data"] for test in record["tests"] if test["valid"]]
+        invalid = [test["data"] for test in record["tests"] if not test["valid"]]
+        _check_instances(record["schema"], result.regex, valid, invalid, stats, failures, record["id"])
+    print(dict(stats))
+    assert not failures, failures[:5]
+    assert stats["compiled"] >= 0.75 * NUM_BENCH_SAMPLE
+
+
+def test_random_strings_validate() -> None:
+    rng = random.Random(6)
+    schemas = [schema for _, schema in _bfcl_schemas()][::4] + [row[1] for row in CASES]
+    schemas += [record["schema"] for record in _bench_sample()[:150]]
+    checked = 0
+    for schema in schemas:
+        try:
+            regex = json_schema_to_regex(schema).regex
+        except UnsupportedSchemaError:
+            continue
+        if len(regex) > 200_000:
+            continue  # the sampler is quadratic-free but these take seconds each to parse in Python
+        node = parse_regex(regex)
+        validator = _validator(schema)
+        for _ in range(3):
+            text = _sample(node, rng)
+            instance = json.loads(text)
+            errors = [error.message for error in validator.iter_errors(instance)]
+            assert not errors, (schema, text, errors)
+            checked += 1
+    assert checked > 300
+
+
+HYPOTHESIS_SCHEMAS = [row[1] for row in CASES if row[0] not in ("date-time", "ipv6", "recursive ref", "root ref")]
+
+
+@pytest.mark.parametrize("schema", HYPOTHESIS_SCHEMAS, ids=[row[0] for row in CASES if row[1] in HYPOTHESIS_SCHEMAS])
+def test_generated_instances_match(schema: dict[str, Any]) -> None:
+    compiled = re.compile(json_schema_to_regex(schema).regex)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(instance=from_schema(schema))
+    def check(instance: Any) -> None:
+        if _out_of_bounds(instance):
+            return
+        text = _compact(_declared_order(instance, schema, schema))
+        assert compiled.fullmatch(text), text
+
+    check()
+
+
+def test_every_bench_schema_compiles_or_is_refused() -> None:
+    reasons: Counter[str] = Counter()
+    for record in _bench_records():
+        try:
+            json_schema_to_regex(record["schema"])
+            reasons["compiled"] += 1
+        except UnsupportedSchemaError as error:
+            reasons[error.keyword] += 1
+    print(sys.getrecursionlimit(), reasons.most_common())
+    assert sum(reasons.values()) == len(_bench_records())
