@@ -7,7 +7,7 @@ median of repeated calls is reported. Run from the repo root:
 
     .venv/bin/python benchmarks/mask_apply.py            # the full table (about 3 minutes on 2 cores)
     .venv/bin/python benchmarks/mask_apply.py --quick    # batch 1 and 8, vocab 49,152 only
-    .venv/bin/python benchmarks/mask_apply.py --backends # strictcall's eager vs compiled CPU paths
+    .venv/bin/python benchmarks/mask_apply.py --backends # strictcall's native vs eager vs reference paths
 """
 
 from __future__ import annotations
@@ -73,24 +73,29 @@ def peers() -> dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], No
 
 
 def ours_by_backend() -> dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]]:
-    kernel = strictcall_bitmask._compiled_mask_words(torch.float32)
+    library = strictcall_bitmask.native_kernel()
 
     def eager(logits: torch.Tensor, bitmask: torch.Tensor, disallowed: torch.Tensor) -> None:
-        strictcall_bitmask._apply_eager_bits(logits, bitmask)
+        strictcall_bitmask._apply_cpu_eager(logits, bitmask)
 
-    def compiled(logits: torch.Tensor, bitmask: torch.Tensor, disallowed: torch.Tensor) -> None:
-        assert kernel is not None
-        kernel(logits.view(torch.int32).unflatten(-1, (bitmask.shape[1], 32)), bitmask)
+    def native(logits: torch.Tensor, bitmask: torch.Tensor, disallowed: torch.Tensor) -> None:
+        strictcall_bitmask.apply_token_bitmask_native(library, logits, bitmask, None)
 
-    return {"eager bits": eager, "compiled": compiled, "reference": lambda l, b, d: apply_token_bitmask_inplace(l, b, backend="torch")}
+    def reference(logits: torch.Tensor, bitmask: torch.Tensor, disallowed: torch.Tensor) -> None:
+        apply_token_bitmask_inplace(logits, bitmask, backend="torch")
+
+    return {"native (cpu)": native, "eager fallback": eager, "torch reference": reference}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batch 1 and 8, vocab 49,152 only")
     parser.add_argument("--backends", action="store_true", help="compare strictcall's own CPU paths")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     batches, vocabs = ([1, 8], [49_152]) if args.quick else (BATCHES, VOCABS)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     # llguidance's torch.compile'd kernel recompiles per shape; with 8 shapes it would hit dynamo's default
     # limit and fall back to eager, which would understate it. Raise the limit so every peer stays compiled.
     torch._dynamo.config.cache_size_limit = 64

@@ -1,9 +1,11 @@
 """strictcall.kernels: apply token bitmasks to logits and sample the next token.
 
 Everything here works on torch tensors and keeps one contract: a token the grammar's bitmask disallows ends
-with logit ``-inf`` and is never sampled. The CPU path is vectorized torch (plus a ``torch.compile``d fused
-kernel for large batches), CUDA tensors go to Triton kernels, and the torch reference is the oracle both are
-tested against (Triton on CPU under ``TRITON_INTERPRET=1``).
+with logit ``-inf`` and is never sampled. CPU tensors go to a small native C kernel (built on first use; a
+vectorized torch fallback without a compiler), CUDA tensors to Triton kernels, and the torch reference is the
+oracle all are tested against (Triton on CPU under ``TRITON_INTERPRET=1``). The fused Triton
+mask + temperature + sample kernel lives in ``strictcall.kernels.sampling_triton`` (imported on demand, so
+this package does not need Triton).
 """
 
 from __future__ import annotations

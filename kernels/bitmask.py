@@ -4,7 +4,8 @@ The format is the field's (xgrammar, llguidance): int32 words of shape ``(batch,
 ``t % 32`` of word ``t // 32`` set means token ``t`` is allowed. Invariant kept by every backend: after
 ``apply_token_bitmask_inplace`` a disallowed logit is exactly ``-inf`` (even if it was NaN or ``+inf``), an
 allowed logit is bit-for-bit what it was, and rows outside ``indices`` are untouched. The torch reference
-(``backend="torch"``) is the oracle the fast CPU path and the Triton kernel are tested against.
+(``backend="torch"``) is the oracle the native CPU kernel (``bitmask_cpu.py``), its eager torch fallback and
+the Triton kernel (``bitmask_triton.py``) are tested against.
 
 Widths that differ (padded vocabularies):
     * logits wider than ``32 * bitmask.shape[1]``: the ids past the mask are disallowed (set to ``-inf``);
@@ -16,22 +17,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
+
+from .bitmask_cpu import apply_token_bitmask_native, native_kernel
 
 logger = logging.getLogger(__name__)
 
 Backend = Literal["auto", "torch", "cpu", "triton"]
 
 BITS_PER_WORD = 32
-
-# Crossover between the eager bit-trick path and the compiled fused kernel, in logits elements. Above it one
-# fused pass over memory wins, even at batch 1: measured with `python benchmarks/mask_apply.py --backends`
-# (us, fp32, density 50%): (1, 49152) eager 35 vs compiled 22; (8, 49152) 102 vs 38; (128, 152064) 28,070 vs
-# 2,293. Below it the compiled call's fixed cost (~20 us of guards and wrapper) is most of the time.
-_EAGER_MAX_ELEMENTS = 8_192
 
 # Bit patterns of -inf per float dtype, as the signed integer of the same width (two's complement).
 _NEG_INF_BITS: dict[torch.dtype, tuple[torch.dtype, int]] = {
@@ -176,7 +173,7 @@ def _keep_table(int_dtype: torch.dtype) -> torch.Tensor:
 
 
 def _apply_eager_bits(rows: torch.Tensor, words: torch.Tensor) -> None:
-    """Small sizes: x = ((x ^ NEG_INF) & keep) ^ NEG_INF on the integer view, keep from a byte table.
+    """Without the native kernel: x = ((x ^ NEG_INF) & keep) ^ NEG_INF on the integer view, keep from a byte table.
 
     Exact for every input (NaN and +inf included) and made of vectorized integer ops only; torch.where on a
     random bool mask is ~15x slower on CPU (47 us vs 3 us per 49,152 logits, measured in this repo's venv).
@@ -188,64 +185,29 @@ def _apply_eager_bits(rows: torch.Tensor, words: torch.Tensor) -> None:
     bits.bitwise_xor_(neg_inf).bitwise_and_(keep.view(bits.shape)).bitwise_xor_(neg_inf)
 
 
-def _make_fused_mask_words(neg_inf: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    def fused_mask_words(bits3: torch.Tensor, words: torch.Tensor) -> None:
-        # bits3: (batch, words, 32) integer view of the logits; the word broadcasts along the last axis, so
-        # inductor emits contiguous vector loads instead of an indexed gather per token. The integer view, not
-        # the float one: inductor computes bf16/fp16 in float32 and would rewrite an allowed NaN's payload.
-        # -inf's bit pattern is a constant of the closure: as an argument it became a symbolic int and the
-        # kernel ran slower (36 vs 52 us at (8, 49152), `python benchmarks/mask_apply.py --backends`).
-        shifts = torch.arange(BITS_PER_WORD, dtype=torch.int32, device=words.device)
-        allowed = ((words.unsqueeze(-1) >> shifts) & 1).bool()
-        bits3.copy_(torch.where(allowed, bits3, neg_inf))
-
-    return fused_mask_words
-
-
-_compiled_kernels: dict[torch.dtype, Callable[[torch.Tensor, torch.Tensor], None]] = {}
-_compile_failed = False
-
-
-def _compiled_mask_words(dtype: torch.dtype) -> Callable[[torch.Tensor, torch.Tensor], None] | None:
-    """The fused kernel for logits of ``dtype`` (compiled on first use), or None without a C++ toolchain."""
-    global _compile_failed
-    kernel = _compiled_kernels.get(dtype)
-    if kernel is None and not _compile_failed:
-        int_dtype, neg_inf = _NEG_INF_BITS[dtype]
-        try:
-            kernel = torch.compile(_make_fused_mask_words(neg_inf), dynamic=True, fullgraph=True)
-            probe = torch.zeros(2, 3, BITS_PER_WORD, dtype=dtype)
-            # Compiles now, and fails here (not mid-request) if there is no C++ toolchain.
-            kernel(probe.view(int_dtype), torch.full((2, 3), 5, dtype=torch.int32))
-            if not bool((probe[..., 1] == float("-inf")).all()) or not bool((probe[..., 0] == 0).all()):
-                raise RuntimeError("compiled mask kernel gave a wrong result on a probe")
-            _compiled_kernels[dtype] = kernel
-        except Exception as err:  # noqa: BLE001 - any compile failure means: use the eager path
-            _compile_failed = True
-            kernel = None
-            logger.warning("apply_token_bitmask_inplace: torch.compile unavailable (%s); using eager CPU path", err)
-    return kernel
-
-
 def _apply_cpu(logits: torch.Tensor, bitmask: torch.Tensor, index: torch.Tensor | None) -> None:
-    """Fast CPU path: masks full words with a fused kernel (or bit tricks when small), the rest by reference."""
+    """Fast CPU path: the native kernel, or vectorized torch bit tricks where no C compiler is available."""
+    library = native_kernel()
+    if library is not None:
+        apply_token_bitmask_native(library, logits, bitmask, index)
+        return
     if index is not None:
         rows = logits.index_select(0, index)
-        _apply_cpu(rows, bitmask.index_select(0, index), None)
+        _apply_cpu_eager(rows, bitmask.index_select(0, index))
         logits.index_copy_(0, index, rows)
-        return
-    batch, vocab_size = logits.shape
+    else:
+        _apply_cpu_eager(logits, bitmask)
+
+
+def _apply_cpu_eager(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+    vocab_size = logits.shape[1]
     covered = min(vocab_size, BITS_PER_WORD * bitmask.shape[1])
     num_full_words = covered // BITS_PER_WORD
     full = num_full_words * BITS_PER_WORD
     if num_full_words:
         body = logits[:, :full]
         words = bitmask[:, :num_full_words]
-        kernel = None if batch * full <= _EAGER_MAX_ELEMENTS else _compiled_mask_words(logits.dtype)
-        if kernel is not None:
-            int_dtype = _NEG_INF_BITS[logits.dtype][0]
-            kernel(body.view(int_dtype).unflatten(-1, (num_full_words, BITS_PER_WORD)), words)
-        elif body.is_contiguous():
+        if body.is_contiguous():
             _apply_eager_bits(body, words)
         else:
             contiguous = body.contiguous()

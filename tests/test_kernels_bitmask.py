@@ -28,12 +28,30 @@ SHAPES = [
     ("padded_logits", 5, 1100, 32),  # logits 76 ids past the mask: disallowed
     ("wider_mask", 4, 900, 40),  # 380 extra bits ignored
     ("tiny", 2, 7, 1),
-    ("batch_64_compiled_path", 64, 4133, 130),  # > 8,192 elements: the fused compiled kernel
-    ("batch_2_eager_path", 2, 3000, 94),  # < 8,192 elements: the eager bit-trick path
+    ("batch_64", 64, 4133, 130),
+    ("batch_40_wide", 40, 30_000, 938),
     ("wide_vocab", 2, 49_157, 1537),
 ]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-BACKENDS = ["cpu", "triton"]
+# "cpu_eager" is the cpu backend with the native kernel made unavailable (no C compiler): its torch fallback.
+BACKENDS = ["cpu", "cpu_eager", "triton"]
+
+
+@pytest.fixture(autouse=True)
+def _backend_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let tests name "cpu_eager": the cpu backend as it runs on a machine without a C compiler."""
+    import strictcall.kernels.bitmask as bitmask_module
+
+    real_apply = bitmask_module.apply_token_bitmask_inplace
+
+    def apply(logits, bitmask, indices=None, *, backend="auto"):  # type: ignore[no-untyped-def]
+        if backend != "cpu_eager":
+            return real_apply(logits, bitmask, indices, backend=backend)
+        with monkeypatch.context() as patch:
+            patch.setattr(bitmask_module, "native_kernel", lambda: None)
+            return real_apply(logits, bitmask, indices, backend="cpu")
+
+    monkeypatch.setitem(globals(), "apply_token_bitmask_inplace", apply)
 
 
 def random_case(batch: int, vocab: int, words: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,12 +198,19 @@ def test_triton_on_cuda_matches_reference(dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_strided_rows_without_indices_on_the_compiled_path(backend: str) -> None:
-    # 40 rows x 1,000 ids > 8,192 elements: the fused compiled kernel on a (row stride 1,100) view.
-    buffer, bitmask = random_case(40, 1100, 32, torch.bfloat16, seed=8)
+def test_strided_rows_without_indices(backend: str) -> None:
+    # 40 rows x 30,000 ids of a buffer with row stride 30,100.
+    buffer, bitmask = random_case(40, 30_100, 938, torch.bfloat16, seed=8)
     original = buffer.clone()
-    expected = original[:, :1000].clone()
+    expected = original[:, :30_000].clone()
     apply_token_bitmask_inplace(expected, bitmask, backend="torch")
-    apply_token_bitmask_inplace(buffer[:, :1000], bitmask, backend=backend)
-    assert torch.equal(bits(buffer[:, :1000]), bits(expected))
-    assert torch.equal(bits(buffer[:, 1000:]), bits(original[:, 1000:])), "wrote past the logits view"
+    apply_token_bitmask_inplace(buffer[:, :30_000], bitmask, backend=backend)
+    assert torch.equal(bits(buffer[:, :30_000]), bits(expected))
+    assert torch.equal(bits(buffer[:, 30_000:]), bits(original[:, 30_000:])), "wrote past the logits view"
+
+
+def test_native_kernel_builds_here() -> None:
+    # This machine has a C compiler; if the build broke, the cpu tests above would silently test the fallback.
+    from strictcall.kernels.bitmask_cpu import native_kernel
+
+    assert native_kernel() is not None
