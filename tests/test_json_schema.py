@@ -261,8 +261,14 @@ def _sample(node: Node, rng: random.Random) -> str:
     return "".join(out)
 
 
+MAX_CHECKED_REGEX_CHARS = 150_000  # Python's re.compile needs ~1 s per 500 KB: the big ones are compile-only
+
+
 def _check_instances(schema: Any, regex: str, valid: list[Any], invalid: list[Any], stats: Counter[str],
                      failures: list[str], name: str) -> None:
+    if len(regex) > MAX_CHECKED_REGEX_CHARS:
+        stats["instances not checked (regex too long for Python's re)"] += len(valid) + len(invalid)
+        return
     compiled = re.compile(regex)
     for instance in valid:
         undeclared: list[str] = []
@@ -413,19 +419,55 @@ def test_random_strings_validate() -> None:
     assert checked > 300
 
 
-HYPOTHESIS_SCHEMAS = [row[1] for row in CASES if row[0] not in ("date-time", "ipv6", "recursive ref", "root ref")]
+def _json_values() -> st.SearchStrategy[Any]:
+    scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=5) | \
+        st.floats(allow_nan=False, allow_infinity=False)
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=2) |
+                        st.dictionaries(st.text(max_size=3), inner, max_size=2), max_leaves=4)
 
 
-@pytest.mark.parametrize("schema", HYPOTHESIS_SCHEMAS, ids=[row[0] for row in CASES if row[1] in HYPOTHESIS_SCHEMAS])
+def _strategy(schema: Any) -> st.SearchStrategy[Any]:
+    """Instances of a schema: hypothesis-jsonschema for leaves, our own composition for objects (its object
+    strategy does not run with the installed hypothesis)."""
+    if schema is True or schema == {}:
+        return _json_values()
+    if not (isinstance(schema, dict) and (schema.get("type") == "object" or "properties" in schema)):
+        return from_schema(schema)
+    properties = {name: subschema for name, subschema in schema.get("properties", {}).items()
+                  if subschema is not False}
+    required = schema.get("required", [])
+    additional = schema.get("additionalProperties", not (properties or required))
+    fixed = {name: _strategy(properties.get(name, additional if isinstance(additional, dict) else True))
+             for name in required}
+    optional = {name: _strategy(subschema) for name, subschema in properties.items() if name not in required}
+    base = st.fixed_dictionaries(fixed, optional=optional)
+    if additional is False:
+        return base
+    extra_keys = st.text(max_size=4).filter(lambda key: key not in properties and key not in required)
+    extras = st.dictionaries(extra_keys, _strategy(additional if isinstance(additional, dict) else True), max_size=2)
+    return st.tuples(base, extras).map(lambda pair: {**pair[0], **pair[1]})
+
+
+# Left out: cases hypothesis-jsonschema cannot generate here (prefixItems, unions of objects, recursion) or
+# whose formats it writes differently (date-time, ipv6): the table and the real-data tests cover them.
+HYPOTHESIS_SCHEMAS = [row[:2] for row in CASES if row[0] not in ("tagged oneOf", "allOf merge", "recursive ref",
+                                                                  "root ref", "date-time", "ipv6", "prefix items")]
+HYPOTHESIS_SCHEMAS += [(name, schema) for name, schema in _bfcl_schemas()[::60]]
+
+
+@pytest.mark.parametrize("schema", [row[1] for row in HYPOTHESIS_SCHEMAS], ids=[row[0] for row in HYPOTHESIS_SCHEMAS])
 def test_generated_instances_match(schema: dict[str, Any]) -> None:
     compiled = re.compile(json_schema_to_regex(schema).regex)
+    validator = _validator(schema)
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(instance=from_schema(schema))
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(instance=_strategy(schema))
     def check(instance: Any) -> None:
-        if _out_of_bounds(instance):
+        if _out_of_bounds(instance) or not validator.is_valid(instance):
             return
         text = _compact(_declared_order(instance, schema, schema))
+        if not text.isascii() and "\\d" in json.dumps(schema):
+            return  # Python's re reads \d as Unicode digits; ECMA-262 (JSON Schema) and we read it as [0-9]
         assert compiled.fullmatch(text), text
 
     check()
