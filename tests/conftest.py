@@ -25,6 +25,14 @@ def smollm2_vocabulary(smollm2_tokenizer) -> Vocabulary:
 
 
 @pytest.fixture(scope="session")
+def smollm2_model():
+    """(model, tokenizer) of the real SmolLM2, loaded once per session (the GGUF is converted once per machine)."""
+    from strictcall.server.model_runner import RunnerConfig, load_model
+
+    return load_model(RunnerConfig())
+
+
+@pytest.fixture(scope="session")
 def byte_vocabulary() -> Vocabulary:
     """Every single byte as a token, plus a few multi-byte tokens and an end-of-sequence id."""
     tokens = [bytes([b]) for b in range(256)] + [b'{"', b'":', b' "', b'",', b"true", b"null", b"\xc3\xa9"]

@@ -1,0 +1,203 @@
+"""The engine: continuous batching, grammar masks, jump-forward, prefix reuse, cancellation, isolation.
+
+A tiny random-weight Llama over the SmolLM2 vocabulary makes the grammar do all the work: every finished
+constrained output must be valid whatever the logits say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import jsonschema
+import pytest
+import torch
+
+from strictcall.grammars.compiler import GrammarCompiler
+from strictcall.grammars.formats import GENERIC
+from strictcall.grammars.tools import ToolGrammarCompiler
+from strictcall.grammars.vocabulary import Vocabulary
+from strictcall.kernels import SamplingParams
+from strictcall.server.engine import Engine, EngineConfig, EngineEvent, EngineRequest
+from strictcall.server.model_runner import ModelRunner
+
+GREEDY = SamplingParams(temperature=0.0)
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 12}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["city", "days"]}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}, "required": ["zone"]}}},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(smollm2_vocabulary: Vocabulary):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=smollm2_vocabulary.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    return LlamaForCausalLM(config).eval()
+
+
+def make_engine(model, vocabulary, tokenizer, *, slots: int = 4, jump_forward: bool = True, chunk: int = 256) -> Engine:
+    return Engine(ModelRunner(model, slots, 512), vocabulary, tokenizer, EngineConfig(prefill_chunk_tokens=chunk, jump_forward=jump_forward))
+
+
+def run(engine: Engine, requests: list[EngineRequest], join_after: dict[str, int] | None = None, max_steps: int = 2000) -> dict[str, list[EngineEvent]]:
+    """Drive the engine by hand; a request in `join_after` is submitted after that many steps."""
+    events: dict[str, list[EngineEvent]] = {r.request_id: [] for r in requests}
+    join_after = join_after or {}
+    pending = list(requests)
+    for step in range(max_steps):
+        for request in [r for r in pending if join_after.get(r.request_id, 0) <= step]:
+            engine.submit(request, events[request.request_id].append)
+            pending.remove(request)
+        engine._drain_inbox(block=False)
+        engine.step()
+        if not pending and all(e and e[-1].finish_reason for e in events.values()):
+            return events
+    raise AssertionError("requests did not finish")
+
+
+def output_ids(events: list[EngineEvent]) -> list[int]:
+    return [t for e in events for t in e.token_ids]
+
+
+def text(events: list[EngineEvent]) -> str:
+    return "".join(e.text for e in events)
+
+
+def prompts(tokenizer) -> list[list[int]]:
+    return [tokenizer.encode(t) for t in ("What is the weather in Paris?", "Hi", "Tell me the time in Berlin, please, now.")]
+
+
+def test_batched_greedy_equals_one_at_a_time_with_joins(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    requests = [EngineRequest(f"r{i}", p, GREEDY, max_tokens=12) for i, p in enumerate(prompts(smollm2_tokenizer))]
+    alone = {r.request_id: output_ids(run(make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer), [r])[r.request_id]) for r in requests}
+    together = run(make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer, chunk=4), requests, join_after={"r1": 3, "r2": 7})
+    for r in requests:
+        assert output_ids(together[r.request_id]) == alone[r.request_id], (r.request_id, [(e.token_ids, e.finish_reason, e.error) for e in together[r.request_id]])
+        assert together[r.request_id][-1].finish_reason == "length"
+        assert together[r.request_id][-1].num_output_tokens == 12
+
+
+@pytest.mark.parametrize("jump_forward", [True, False])
+def test_random_model_constrained_outputs_are_valid_tool_calls(tiny_model, smollm2_vocabulary, smollm2_tokenizer, jump_forward: bool) -> None:
+    turn = ToolGrammarCompiler(GrammarCompiler(smollm2_vocabulary), GENERIC).compile_turn(TOOLS, "required")
+    requests = [
+        EngineRequest(f"r{seed}", prompts(smollm2_tokenizer)[seed % 3], SamplingParams(temperature=1.0, seed=seed), max_tokens=200, grammar=turn)
+        for seed in range(6)
+    ]
+    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer, jump_forward=jump_forward)
+    results = run(engine, requests)
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    num_complete = 0
+    for events in results.values():
+        out = text(events)
+        if events[-1].finish_reason == "length":  # cut short: still a prefix of a call
+            assert out.startswith("<tool_call>\n") or "<tool_call>\n".startswith(out)
+            continue
+        assert events[-1].finish_reason == "stop", events[-1].error
+        _, calls = GENERIC.parse_tool_calls(out)
+        assert calls
+        for call in calls:
+            jsonschema.validate(call.arguments, schemas[call.name])
+        num_complete += 1
+    assert num_complete >= 3
+    if jump_forward:
+        assert engine.stats.num_jump_forward_tokens > 0
+    else:
+        assert engine.stats.num_jump_forward_tokens == 0
+
+
+def test_jump_forward_saves_model_steps_and_keeps_greedy_output_valid(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    turn = ToolGrammarCompiler(GrammarCompiler(smollm2_vocabulary), GENERIC).compile_turn(TOOLS, {"type": "function", "function": {"name": "get_time"}})
+    request = EngineRequest("r", prompts(smollm2_tokenizer)[0], GREEDY, max_tokens=100, grammar=turn)
+    steps = {}
+    outputs = {}
+    for jump in (False, True):
+        engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer, jump_forward=jump)
+        events = run(engine, [request])["r"]
+        outputs[jump] = text(events)
+        steps[jump] = engine.stats.num_steps
+    for out in outputs.values():
+        _, calls = GENERIC.parse_tool_calls(out)
+        assert [c.name for c in calls] == ["get_time"] and calls[0].arguments["zone"] in ("UTC", "CET")
+    assert steps[True] < 0.7 * steps[False]
+
+
+def test_prefix_of_a_finished_request_is_reused(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer)
+    prompt = prompts(smollm2_tokenizer)[2]
+    first = run(engine, [EngineRequest("a", prompt, GREEDY, max_tokens=5)])["a"]
+    second = run(engine, [EngineRequest("b", prompt + [11, 12], GREEDY, max_tokens=5)])["b"]
+    again = run(engine, [EngineRequest("c", prompt, GREEDY, max_tokens=5)])["c"]
+    assert second[-1].num_cached_tokens == len(prompt)
+    assert again[-1].num_cached_tokens == len(prompt) - 1
+    assert output_ids(again) == output_ids(first)
+
+
+def test_stop_strings_and_max_tokens(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer)
+    grammar = GrammarCompiler(smollm2_vocabulary).compile_regex("abc(def)+")
+    events = run(engine, [EngineRequest("s", [1, 2, 3], GREEDY, max_tokens=50, stop=("de",), grammar=grammar)])["s"]
+    assert text(events) == "abc" and events[-1].finish_reason == "stop"
+
+
+def test_a_failing_request_leaves_the_others_untouched(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer)
+    impossible = GrammarCompiler(smollm2_vocabulary).compile_regex("[^\\x00-\\U0010FFFF]")
+    good = EngineRequest("good", prompts(smollm2_tokenizer)[0], GREEDY, max_tokens=8)
+    reference = output_ids(run(make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer), [good])["good"])
+    results = run(engine, [good, EngineRequest("bad", [1, 2], GREEDY, grammar=impossible)])
+    assert results["bad"][-1].finish_reason == "error" and "matches no string" in results["bad"][-1].error
+    assert output_ids(results["good"]) == reference
+
+
+def test_cancellation_frees_the_slot(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer, slots=1)
+    engine.start()
+    try:
+        async def scenario() -> tuple[list[EngineEvent], list[EngineEvent]]:
+            first: list[EngineEvent] = []
+            stream = engine.generate(EngineRequest("long", [1, 2, 3], GREEDY, max_tokens=400))
+            async for event in stream:
+                first.append(event)
+                if len(first) == 3:
+                    break  # the client goes away
+            await stream.aclose()
+            second = [e async for e in engine.generate(EngineRequest("next", [1, 2, 3], GREEDY, max_tokens=4))]
+            return first, second
+
+        first, second = asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+        assert len(first) == 3 and second[-1].finish_reason == "length"
+        assert engine.stats.num_running == 0
+    finally:
+        engine.shutdown()
+
+
+def test_bad_submissions_are_refused_up_front(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer)
+    with pytest.raises(ValueError, match="context"):
+        engine.submit(EngineRequest("x", [1] * 600), lambda e: None)
+    with pytest.raises(ValueError, match="max_tokens"):
+        engine.submit(EngineRequest("x", [1], max_tokens=0), lambda e: None)
+
+
+def test_batched_equals_single_on_smollm2(smollm2_model) -> None:
+    model, tokenizer = smollm2_model
+    vocabulary = Vocabulary.from_tokenizer(tokenizer)
+    turn = ToolGrammarCompiler(GrammarCompiler(vocabulary), GENERIC).compile_turn(TOOLS, "auto")
+    chat = [tokenizer.apply_chat_template([{"role": "system", "content": GENERIC.render_tools_prompt(TOOLS)}, {"role": "user", "content": q}],
+                                          add_generation_prompt=True) for q in ("What's the weather in Paris for 3 days?", "What time is it in UTC?")]
+    chat = [ids if isinstance(ids, list) else ids["input_ids"] for ids in chat]
+    requests = [EngineRequest(f"q{i}", ids, GREEDY, max_tokens=40, grammar=turn) for i, ids in enumerate(chat)]
+    alone = [output_ids(run(make_engine(model, vocabulary, tokenizer), [r])[r.request_id]) for r in requests]
+    together = run(make_engine(model, vocabulary, tokenizer), requests)
+    assert [output_ids(together[r.request_id]) for r in requests] == alone
+    for r in requests:
+        out = text(together[r.request_id])
+        if together[r.request_id][-1].finish_reason == "stop" and "<tool_call>" in out:
+            _, calls = GENERIC.parse_tool_calls(out)
+            assert calls and all(json.dumps(c.arguments) for c in calls)
