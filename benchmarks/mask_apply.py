@@ -8,6 +8,11 @@ median of repeated calls is reported. Run from the repo root:
     .venv/bin/python benchmarks/mask_apply.py            # the full table (about 3 minutes on 2 cores)
     .venv/bin/python benchmarks/mask_apply.py --quick    # batch 1 and 8, vocab 49,152 only
     .venv/bin/python benchmarks/mask_apply.py --backends # strictcall's native vs eager vs reference paths
+    .venv/bin/python benchmarks/mask_apply.py --threads 1  # every method on one thread
+
+On a shared machine use ``--threads 1``: when another process holds a core, torch's OpenMP kernels (the
+llguidance and masked_fill columns) wait at their barriers for a scheduler tick, and their medians become
+multiples of 4 ms that measure the neighbour, not the kernel. strictcall's native kernel is single-threaded.
 """
 
 from __future__ import annotations

@@ -237,8 +237,9 @@ def apply_token_bitmask_inplace(
         indices: Rows to mask (an index into both ``logits`` and ``bitmask``, like xgrammar's); the other rows
             are left untouched. ``None`` masks every row, and then both must have the same number of rows.
         backend: ``"auto"`` picks ``"triton"`` for CUDA tensors and ``"cpu"`` for CPU tensors. ``"torch"`` is
-            the vectorized reference (any device), ``"cpu"`` the fast CPU path, ``"triton"`` the Triton kernel
-            (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+            the vectorized reference (any device); ``"cpu"`` the native C kernel of ``bitmask_cpu.py`` (or,
+            where no C compiler is available, vectorized torch bit tricks, after one logged warning);
+            ``"triton"`` the Triton kernel (CUDA, or CPU under ``TRITON_INTERPRET=1``).
 
     Raises:
         ValueError: On a dtype, shape, device or index the function cannot honour, or an unknown backend.
