@@ -18,8 +18,19 @@ Documented bounds (the schema leaves these open; `SchemaOptions` overrides them)
 - strings inside `pattern`/`format` values and extra property names use `json.dumps`'s escapes only; other
   strings accept every JSON escape. String lengths are unbounded unless the schema bounds them.
 - a schema without `type` gets the types its keywords imply (`properties` -> object, `items` -> array, ...).
-- `oneOf` compiles as `anyOf`: exact when its options cannot overlap (their JSON types are disjoint, or they
-  are all constants); otherwise exclusivity is not enforced (an error, or reported with `strict=False`).
+- an object schema that declares `properties` or `required` allows no other keys unless `additionalProperties`
+  is a schema or `true`; one that declares neither (`{"type": "object"}`) allows any keys with any values.
+  Required keys missing from `properties` come after the declared ones and take any value.
+- `pattern` is an ECMA-262 search (see `regex.parse_search_pattern`): unanchored sides may hold anything.
+  With `minLength`/`maxLength` both are enforced where the pattern is a simple run (`^[a-z]+$`, `^x\\d*$`),
+  else the length is refused (or reported with `strict=False`). Unknown `format`s are refused likewise.
+- the regex is at most `max_regex_chars` long: `$ref`s are expanded in place (a regex cannot share), so large
+  schemas (Kubernetes) can exceed it; the error says so.
+- `oneOf` compiles as `anyOf`: exact when no value generated for one option is valid under another (disjoint
+  JSON types or constants, a required key the other option never writes, a tag property with distinct
+  constants); otherwise exclusivity cannot be enforced (an error, or reported with `strict=False`).
+- formats are subsets each checker accepts: date-time/time with at most 9 fraction digits, hostname as above,
+  ipv6 without embedded ipv4 or zone, uri with a scheme and RFC 3986 characters, email as dot-atoms@hostname.
 """
 
 from __future__ import annotations
@@ -53,13 +64,7 @@ JSON_TYPES = ("null", "boolean", "integer", "number", "string", "array", "object
 _ANNOTATIONS = frozenset({
     "title", "description", "default", "examples", "example", "$schema", "$id", "id", "$comment", "deprecated",
     "readOnly", "writeOnly", "optional", "$anchor", "$vocabulary", "contentMediaType", "contentEncoding",
-    "contentSchema", "definitions", "$defs", "nullable_annotation",
-})
-# Keywords that constrain instances in ways a regex cannot express (in general).
-_UNSUPPORTED = frozenset({
-    "uniqueItems", "patternProperties", "propertyNames", "dependentRequired", "dependentSchemas",
-    "dependencies", "if", "then", "else", "not", "contains", "minContains", "maxContains", "unevaluatedProperties",
-    "unevaluatedItems", "$dynamicRef", "$recursiveRef", "minProperties", "maxProperties", "multipleOf",
+    "contentSchema", "definitions", "$defs", "nullable",
 })
 _KEYWORD_TYPES = {
     "object": ("properties", "required", "additionalProperties", "minProperties", "maxProperties",
@@ -84,9 +89,10 @@ _LEAP_YEAR = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|
 _DATE = (f"(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
          f"|02-(?:0[1-9]|1[0-9]|2[0-8]))|{_LEAP_YEAR}-02-29)")
 _TIME = "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]{1,9})?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
-# Hostnames: labels of letters, digits and inner hyphens, the last one starting with a letter (`fqdn`, which
-# jsonschema uses, wants a top-level label that is not all digits). A regex cannot count 253 characters across
-# labels, so we accept up to 3 labels of up to 63 characters or up to 8 of up to 30: both stay within 253.
+# Hostnames ("hostname as above" in the docstring): labels of letters, digits and inner hyphens, the last one
+# starting with a letter (`fqdn`, which jsonschema uses, wants a top-level label that is not all digits). A regex
+# cannot count 253 characters across labels, so we accept up to 3 labels of up to 63 characters or up to 8 of up
+# to 30: both stay within 253.
 _LABEL_63 = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _LABEL_30 = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,28}[A-Za-z0-9])?"
 _HOSTNAME = (f"(?:{_LABEL_63}\\.){{0,2}}[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?"
