@@ -185,6 +185,17 @@ class LazyDfa:
     def num_states(self) -> int:
         return len(self._sets)
 
+    def __getstate__(self) -> dict:
+        # For the disk cache: the lock is not picklable and the closures are cheap to recompute.
+        state = self.__dict__.copy()
+        del state["_lock"], state["_closures"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        self._closures = {}
+
     def _closure(self, state: int) -> frozenset[int]:
         cached = self._closures.get(state)
         if cached is not None:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from strictcall.grammars.automaton import DEAD, DEFAULT_MAX_DFA_STATES, DEFAULT_MAX_NFA_STATES, LazyDfa, Nfa
+from strictcall.grammars.disk_cache import DiskCache
 from strictcall.grammars.json_schema import SchemaOptions, json_schema_to_regex
 from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask, tokens_through_accepting
 from strictcall.grammars.regex import parse_regex
@@ -65,6 +66,33 @@ class CompiledGrammar:
     @property
     def start_state(self) -> int:
         return self.dfa.start
+
+    def __getstate__(self) -> dict:
+        # The vocabulary is the compiler's, re-attached on load; the lock is not picklable.
+        state = self.__dict__.copy()
+        del state["vocabulary"], state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def warm_up(self, max_states: int) -> int:
+        """Compute the masks of up to `max_states` states reachable from the start (for the disk cache).
+
+        Returns:
+            The number of states whose masks are now cached.
+        """
+        seen = {self.start_state}
+        frontier = [self.start_state]
+        while frontier and len(self._masks) < max_states:
+            state = frontier.pop(0)
+            self.token_bitmask(state)
+            for nxt in np.unique(self.dfa.expand(state)).tolist():
+                if nxt >= 0 and nxt not in seen:
+                    seen.add(nxt)
+                    frontier.append(nxt)
+        return len(self._masks)
 
     def token_bitmask(self, state: int) -> np.ndarray:
         """The packed mask of tokens allowed in `state` (end-of-sequence ids included where it accepts)."""
@@ -121,13 +149,15 @@ class GrammarCompiler:
         limits: resource limits.
     """
 
-    def __init__(self, vocabulary: Vocabulary, limits: CompilerLimits | None = None):
+    def __init__(self, vocabulary: Vocabulary, limits: CompilerLimits | None = None, disk_cache: DiskCache | None = None):
         self.vocabulary = vocabulary
         self.limits = limits or CompilerLimits()
+        self.disk_cache = disk_cache
         self._cache: OrderedDict[tuple[Any, ...], CompiledGrammar | Exception] = OrderedDict()
         self._lock = threading.Lock()
         self.num_cache_hits = 0
         self.num_cache_misses = 0
+        self.num_disk_hits = 0
 
     def compile_json_schema(self, schema: dict[str, Any] | bool, *, strict: bool = True, options: SchemaOptions | None = None) -> CompiledGrammar:
         """A grammar for the compact JSON serialization of the schema's instances.
@@ -142,7 +172,9 @@ class GrammarCompiler:
 
         def build() -> CompiledGrammar:
             result = json_schema_to_regex(schema, strict=strict, options=options)
-            return CompiledGrammar(result.regex, self.vocabulary, self.limits, result.unenforced)
+            grammar = self._from_disk(result.regex) or CompiledGrammar(result.regex, self.vocabulary, self.limits)
+            grammar.unenforced = result.unenforced
+            return grammar
 
         return self._cached(key, build)
 
@@ -153,7 +185,15 @@ class GrammarCompiler:
             RegexSyntaxError: the regex uses syntax we do not support.
             AutomatonLimitError: the regex needs more automaton states than the limits allow.
         """
-        return self._cached(("regex", regex), lambda: CompiledGrammar(regex, self.vocabulary, self.limits))
+        return self._cached(("regex", regex), lambda: self._from_disk(regex) or CompiledGrammar(regex, self.vocabulary, self.limits))
+
+    def _from_disk(self, regex: str) -> CompiledGrammar | None:
+        if self.disk_cache is None:
+            return None
+        grammar = self.disk_cache.load(regex, self.vocabulary, self.limits)
+        if grammar is not None:
+            self.num_disk_hits += 1
+        return grammar
 
     def _cached(self, key: tuple[Any, ...], build: Callable[[], CompiledGrammar]) -> CompiledGrammar:
         with self._lock:

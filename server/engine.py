@@ -345,7 +345,7 @@ class Engine:
         for i in constrained:
             rows[i].matcher.fill_next_token_bitmask(self._bitmask, i)  # type: ignore[union-attr]
         if constrained:
-            index = torch.tensor(constrained, device=logits.device)
+            index = None if len(constrained) == len(rows) else torch.tensor(constrained, device=logits.device)
             apply_token_bitmask_inplace(logits, self._bitmask[: len(rows)].to(logits.device, non_blocking=True), indices=index)
         params = [seq.request.sampling for seq in rows]
         penalties = any(p.has_penalties for p in params)

@@ -280,3 +280,25 @@ def test_empty_language_is_a_clear_error(byte_vocabulary: Vocabulary) -> None:
     grammar = GrammarCompiler(byte_vocabulary).compile_regex("[^\\x00-\\U0010FFFF]")
     with pytest.raises(ValueError, match="matches no string"):
         GrammarMatcher(grammar)
+
+
+def test_disk_cache_round_trips_warmed_grammars(tmp_path, smollm2_vocabulary: Vocabulary, byte_vocabulary: Vocabulary) -> None:
+    from strictcall.grammars.disk_cache import DiskCache
+
+    cache = DiskCache(tmp_path)
+    compiler = GrammarCompiler(smollm2_vocabulary, disk_cache=cache)
+    grammar = compiler.compile_regex(REGEXES["object"])
+    assert grammar.warm_up(max_states=40) == 40
+    cache.store(grammar, compiler.limits)
+    loaded_compiler = GrammarCompiler(smollm2_vocabulary, disk_cache=cache)
+    loaded = loaded_compiler.compile_regex(REGEXES["object"])
+    assert loaded_compiler.num_disk_hits == 1 and loaded is not grammar and len(loaded._masks) == 40
+    for text in MATCH_CASES["object"][0]:
+        ours, theirs = GrammarMatcher(grammar), GrammarMatcher(loaded)
+        for token_id in greedy_tokenize(text.encode("utf-8"), smollm2_vocabulary, random.Random(0)):
+            assert (ours.next_token_bitmask() == theirs.next_token_bitmask()).all()
+            assert ours.accept_token(token_id) and theirs.accept_token(token_id)
+    # Another vocabulary never reads this entry.
+    other = GrammarCompiler(byte_vocabulary, disk_cache=cache)
+    other.compile_regex(REGEXES["object"])
+    assert other.num_disk_hits == 0
