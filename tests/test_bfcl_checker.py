@@ -91,6 +91,6 @@ def test_bfcl_reference_answers_pass(category: str) -> None:
     for record in records:
         expected_name, accepted = next(iter(record["possible_answer"][0].items()))
         reverse = {v: k for k, v in record["name_map"].items()}
-        arguments = {p: first_accepted(values[0]) for p, values in accepted.items() if values[0] != ""}
+        arguments = {p: first_accepted(next(v for v in values if v != "")) for p, values in accepted.items() if values != [""]}
         result = checker.check_case(record, [(reverse.get(expected_name, expected_name), arguments)])
         assert result.valid, (record["id"], result.error)
