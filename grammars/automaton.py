@@ -9,7 +9,10 @@ token walks index directly.
 
 from __future__ import annotations
 
+import gc
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from bisect import bisect_left
 from collections import deque
 from functools import lru_cache
@@ -24,6 +27,23 @@ DEFAULT_MAX_NFA_STATES = 2_000_000
 # 20,000 states x 256 x 4 bytes = 20 MB of transition table at most per grammar.
 DEFAULT_MAX_DFA_STATES = 20_000
 _MAX_FORCED_BYTES = 4096
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while compiling.
+
+    Compiling allocates many small objects that all stay alive; each allocation burst makes the collector scan
+    the whole heap (torch and transformers hold ~350k objects) for nothing: 4-6x slower compiles
+    (benchmarks/tool_grammars.py, 100 tools cold: 1.0-1.8 s -> 0.3 s). Reference counting still frees memory.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class AutomatonLimitError(ValueError):
@@ -71,10 +91,11 @@ class Nfa:
         self.max_states = max_states
         self.byte_edges: list[list[tuple[int, int, int]]] = []
         self.epsilons: list[list[int]] = []
-        self.start = self._new_state()
-        self.accept = self._new_state()
-        self._build(node, self.start, self.accept)
-        self.distance = self._distances_to_accept()
+        with paused_gc():
+            self.start = self._new_state()
+            self.accept = self._new_state()
+            self._build(node, self.start, self.accept)
+            self.distance = self._distances_to_accept()
 
     def _new_state(self) -> int:
         if len(self.epsilons) >= self.max_states:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from strictcall.grammars.automaton import DEAD, DEFAULT_MAX_DFA_STATES, DEFAULT_MAX_NFA_STATES, LazyDfa, Nfa
+from strictcall.grammars.automaton import DEAD, DEFAULT_MAX_DFA_STATES, DEFAULT_MAX_NFA_STATES, LazyDfa, Nfa, paused_gc
 from strictcall.grammars.disk_cache import DiskCache
 from strictcall.grammars.json_schema import SchemaOptions, json_schema_to_regex
 from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask, tokens_through_accepting
@@ -101,7 +101,8 @@ class CompiledGrammar:
             with self._lock:
                 mask = self._masks.get(state)
                 if mask is None:
-                    token_ids, _ = allowed_token_ids(self.dfa, state, self.vocabulary.content_tokens)
+                    with paused_gc():
+                        token_ids, _ = allowed_token_ids(self.dfa, state, self.vocabulary.content_tokens)
                     mask = pack_token_bitmask(token_ids, self.vocabulary.num_words)
                     if self.dfa.is_accepting_state[state]:
                         mask |= self._eos_bitmask
@@ -116,7 +117,8 @@ class CompiledGrammar:
             with self._lock:
                 exits = self._exits.get(state)
                 if exits is None:
-                    exits = tokens_through_accepting(self.dfa, state, self.vocabulary.content_tokens)
+                    with paused_gc():
+                        exits = tokens_through_accepting(self.dfa, state, self.vocabulary.content_tokens)
                     self._exits[state] = exits
         return exits
 
@@ -204,7 +206,8 @@ class GrammarCompiler:
         if entry is None:
             self.num_cache_misses += 1
             try:
-                entry = build()
+                with paused_gc():
+                    entry = build()
             except ValueError as error:  # user errors (schema, regex, limits) are cached like results
                 entry = error
             with self._lock:

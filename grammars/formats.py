@@ -52,11 +52,10 @@ class ToolCallFormat:
         if not self.trigger or not (self.prefix + self.call_start + '{"name": ').startswith(self.trigger):
             raise ValueError(f"format {self.name!r}: trigger {self.trigger!r} must start every first call")
 
-    def call_regex(self, name: str, arguments_regex: str, *, first: bool) -> str:
-        """The regex of one whole call (with the prefix if it is the first, the separator otherwise)."""
-        lead = self.prefix if first else self.separator
+    def call_regex(self, name: str, arguments_regex: str) -> str:
+        """The regex of one whole call: `call_start {"name": "<name>", "arguments": <arguments>} call_end`."""
         head = json.dumps({"name": name}, ensure_ascii=False)[:-1] + f', "{self.arguments_key}": '
-        return escape(lead + self.call_start + head) + "(?:" + arguments_regex + ")" + escape("}" + self.call_end)
+        return escape(self.call_start + head) + "(?:" + arguments_regex + ")" + escape("}" + self.call_end)
 
     def render_calls(self, calls: list[ToolCall]) -> str:
         """The text a model writes for these calls (compact JSON, as the grammar allows)."""

@@ -1,16 +1,16 @@
 """Tool-call grammars for a turn, composed at run time from per-tool grammars.
 
 A tool's whole call (envelope + `{"name": "<name>", "arguments": <schema>}`) is one `CompiledGrammar`,
-compiled once per (schema, format, vocabulary) and cached by the `GrammarCompiler`. A turn (`TurnGrammar`)
-only names which grammars may follow which: `prefix call (separator call)* suffix`, or in `auto` mode free
-text (or a `response_format` answer) that may switch to calls. A `TurnMatcher` holds the set of live
+compiled once per (schema, format, vocabulary) and cached. A turn (`TurnGrammar`) only names which grammars
+may follow which: `prefix call (separator call)* suffix` (the format's literal pieces are grammars of their
+own), or in `auto` mode free text (or a `response_format` answer) that may switch to calls. A `TurnMatcher` holds the set of live
 configurations (segment, grammar state); its mask is the bitwise OR of theirs, so while the tool name is
 still open every offered tool is live and a name that was not offered is impossible.
 
 Invariant: the mask and `accept_token` agree; end of turn is allowed only after a complete answer or a
-complete call sequence. Tokens that span two segments (the end of one call and the separator of the next, or
-a call and the suffix) are not allowed: the model spells that boundary with two tokens. Free text to a call
-is exact: tokens that complete the trigger and go on into the call are allowed.
+complete call sequence. Boundaries are exact: a token may end one segment and go on into the next (`}},`
+from a call into Mistral's separator; `>` + `\n{"` from free text through the trigger into a call), so the
+model can keep its own tokenization across them.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from strictcall.grammars.automaton import DEAD
+from strictcall.grammars.automaton import DEAD, paused_gc
 from strictcall.grammars.compiler import CompiledGrammar, GrammarCompiler
 from strictcall.grammars.formats import ToolCallFormat
 from strictcall.grammars.json_schema import UnsupportedSchemaError, json_schema_to_regex
 from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask
 from strictcall.grammars.regex import escape
+from strictcall.grammars.vocabulary import Vocabulary
 
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _MAX_CACHED_MASKS = 4096
@@ -104,89 +105,140 @@ class _TriggerDfa:
         return state, None
 
 
-# A configuration: (segment, tool name or "", grammar state, number of calls completed before this segment).
-# Segments: "text" (free text; the state is the trigger automaton's), "first"/"next" (a call, with the
-# prefix or the separator in front), "suffix", "answer" (response_format).
+class _FreeText:
+    """Free text that ends where the trigger appears; per trigger state, the tokens that keep it free (shared
+    by every turn of a format, so a turn only checks the few tokens that complete the trigger)."""
+
+    def __init__(self, trigger: str, vocabulary: Vocabulary):
+        self.dfa = _TriggerDfa(trigger.encode("utf-8"))
+        self.vocabulary = vocabulary
+        self._tokens: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def tokens(self, state: int) -> tuple[np.ndarray, np.ndarray]:
+        """(packed mask of the tokens that keep the text free, ids of the tokens that complete the trigger)."""
+        cached = self._tokens.get(state)
+        if cached is None:
+            free, _ = allowed_token_ids(self.dfa, state, self.vocabulary.content_tokens)  # type: ignore[arg-type]
+            completing = np.setdiff1d(self.vocabulary.content_tokens.ids, free)
+            cached = (pack_token_bitmask(free, self.vocabulary.num_words), completing)
+            with self._lock:
+                self._tokens[state] = cached
+        return cached
+
+
+# A configuration: (segment, tool name or "", grammar state, number of calls completed before it).
+# Segments: "text" (free text; the state is the trigger automaton's), "prefix", "call", "sep", "suffix" (the
+# format's pieces around the calls), "answer" (response_format).
 Config = tuple[str, str, int, int]
+
+
+@dataclass(frozen=True)
+class _FormatGrammars:
+    """What every turn of one format shares: the literal pieces' grammars, free text, constant masks."""
+
+    format: ToolCallFormat
+    prefix: CompiledGrammar | None
+    separator: CompiledGrammar | None
+    suffix: CompiledGrammar | None
+    free_text: _FreeText
+    eos_bitmask: np.ndarray
+    content_bitmask: np.ndarray
 
 
 class TurnGrammar:
     """The grammars one turn may use and how they follow each other (immutable, cached, shared).
 
     Attributes:
-        format: the tool-call syntax.
+        calls: per tool name, the grammar of its whole call (envelope included).
+        max_calls: at most this many calls (None: no limit).
         allow_text: free text is allowed (auto mode without a response_format, or no tools).
         answer: the response_format grammar, if any.
-        first_calls / next_calls: per tool name, the grammar of a first / a following call.
-        max_calls: at most this many calls (None: no limit).
     """
 
     def __init__(
         self,
-        format: ToolCallFormat,
-        compiler: GrammarCompiler,
-        first_calls: dict[str, CompiledGrammar],
-        next_calls: dict[str, CompiledGrammar],
+        shared: _FormatGrammars,
+        vocabulary: Vocabulary,
+        calls: dict[str, CompiledGrammar],
         max_calls: int | None,
         allow_text: bool,
         answer: CompiledGrammar | None,
     ):
-        self.format = format
-        self.vocabulary = compiler.vocabulary
-        self.first_calls = first_calls
-        self.next_calls = next_calls
+        self.format = shared.format
+        self.vocabulary = vocabulary
+        self.calls = calls
         self.max_calls = max_calls
         self.allow_text = allow_text
         self.answer = answer
-        self.suffix = compiler.compile_regex(escape(format.suffix)) if format.suffix and first_calls else None
-        self.trigger = _TriggerDfa(format.trigger.encode("utf-8")) if allow_text and first_calls else None
+        self._shared = shared
+        self._pieces = {"prefix": shared.prefix, "sep": shared.separator, "suffix": shared.suffix}
         self._masks: OrderedDict[frozenset[Config], np.ndarray] = OrderedDict()
-        self._trigger_tokens: dict[int, np.ndarray] = {}
+        self._into_call: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
-        eos = np.array(self.vocabulary.eos_token_ids, dtype=np.int64)
-        self._eos = pack_token_bitmask(eos, self.vocabulary.num_words)
-        self._all_content = pack_token_bitmask(
-            np.array([i for i, b in enumerate(self.vocabulary.token_bytes) if b], dtype=np.int64), self.vocabulary.num_words
-        )
 
     @property
     def is_unconstrained(self) -> bool:
         """Free text with no calls and no answer format: nothing to mask."""
-        return self.allow_text and not self.first_calls and self.answer is None
+        return self.allow_text and not self.calls and self.answer is None
+
+    @property
+    def eos_bitmask(self) -> np.ndarray:
+        return self._shared.eos_bitmask
 
     def grammar_of(self, config: Config) -> CompiledGrammar:
-        segment, name = config[0], config[1]
-        if segment == "first":
-            return self.first_calls[name]
-        if segment == "next":
-            return self.next_calls[name]
-        if segment == "suffix":
-            return self.suffix  # type: ignore[return-value]
-        return self.answer  # type: ignore[return-value]
+        segment = config[0]
+        if segment == "call":
+            return self.calls[config[1]]
+        if segment == "answer":
+            return self.answer  # type: ignore[return-value]
+        return self._pieces[segment]  # type: ignore[return-value]
+
+    def _calls_from(self, num_calls: int, lead: str = "prefix") -> set[Config]:
+        """Where a call (or the first one, after the prefix) may start."""
+        piece = self._pieces[lead]
+        if piece is not None:
+            return {(lead, "", piece.start_state, num_calls)}
+        return {("call", name, g.start_state, num_calls) for name, g in self.calls.items()}
 
     def start_configs(self) -> frozenset[Config]:
         configs: set[Config] = set()
         if self.allow_text:
             configs.add(("text", "", 0, 0))
-        elif self.first_calls:
-            configs |= {("first", name, g.start_state, 0) for name, g in self.first_calls.items()}
+        elif self.calls:
+            configs |= self._calls_from(0)
         if self.answer is not None:
             configs.add(("answer", "", self.answer.start_state, 0))
         return self.closure(configs)
 
     def closure(self, configs: set[Config]) -> frozenset[Config]:
-        """Add what may start where a segment is complete: the next call, or the suffix."""
+        """Add what may start where a segment is complete (until nothing new is added)."""
         out = set(configs)
-        for config in configs:
-            segment, _, state, num_calls = config
-            if segment not in ("first", "next") or not self.grammar_of(config).is_accepting(state):
-                continue
-            done = num_calls + 1
-            if self.suffix is not None:
-                out.add(("suffix", "", self.suffix.start_state, done))
-            if self.max_calls is None or done < self.max_calls:
-                out |= {("next", name, g.start_state, done) for name, g in self.next_calls.items()}
+        pending = list(configs)
+        while pending:
+            for follow in self._follow(pending.pop()):
+                if follow not in out:
+                    out.add(follow)
+                    pending.append(follow)
         return frozenset(out)
+
+    def _follow(self, config: Config) -> set[Config]:
+        segment, _, state, num_calls = config
+        if segment in ("text", "answer", "suffix") or not self.grammar_of(config).is_accepting(state):
+            return set()
+        if segment in ("prefix", "sep"):
+            return {("call", name, g.start_state, num_calls) for name, g in self.calls.items()}
+        done = num_calls + 1  # a call is complete
+        out: set[Config] = set()
+        if self._pieces["suffix"] is not None:
+            out.add(("suffix", "", self._pieces["suffix"].start_state, done))  # type: ignore[union-attr]
+        if self.max_calls is None or done < self.max_calls:
+            out |= self._calls_from(done, lead="sep")
+        return out
+
+    def follow_ons(self, config: Config) -> frozenset[Config]:
+        """What may start right after `config` (the next call, a separator, the suffix), if it is complete."""
+        return self.closure({config}) - {config}
 
     def may_end(self, configs: frozenset[Config]) -> bool:
         """End of turn is allowed: free text, or a complete answer, suffix, or call (when there is no suffix)."""
@@ -194,15 +246,10 @@ class TurnGrammar:
             segment, _, state, _ = config
             if segment == "text":
                 return True
-            if segment in ("first", "next") and self.suffix is not None:
-                continue
-            if self.grammar_of(config).is_accepting(state):
-                return True
+            if segment in ("answer", "suffix") or (segment == "call" and self._pieces["suffix"] is None):
+                if self.grammar_of(config).is_accepting(state):
+                    return True
         return False
-
-    def follow_ons(self, config: Config) -> frozenset[Config]:
-        """What may start right after `config` (the next call, the suffix), if it is complete."""
-        return self.closure({config}) - {config}
 
     def advance(self, configs: frozenset[Config], data: bytes) -> frozenset[Config]:
         """The live configurations after a token's bytes (empty if the token is not allowed)."""
@@ -214,15 +261,19 @@ class TurnGrammar:
     def _advance_one(self, config: Config, data: bytes) -> set[Config]:
         segment, name, state, num_calls = config
         if segment == "text":
-            if self.trigger is None:
+            if not self.calls:
                 return {config}
-            new_state, rest = self.trigger.split(state, data)
+            new_state, rest = self._shared.free_text.dfa.split(state, data)
             if rest is None:
                 return {("text", "", new_state, 0)}
-            lead = self.trigger.trigger + rest
-            return {("first", tool, s, 0) for tool, g in self.first_calls.items() if (s := g.dfa.walk(g.start_state, lead)) != DEAD}
+            # The trigger is complete: the calls take over, from the start of the trigger.
+            lead = self._shared.free_text.dfa.trigger + rest
+            out: set[Config] = set()
+            for start in self.closure(self._calls_from(0)):
+                out |= self._advance_one(start, lead)
+            return out
         grammar = self.grammar_of(config)
-        out: set[Config] = set()
+        out = set()
         for i, byte in enumerate(data):
             state = int(grammar.dfa.expand(state)[byte])
             if state == DEAD:
@@ -239,21 +290,23 @@ class TurnGrammar:
         mask = self._masks.get(configs)
         if mask is not None:
             return mask
-        rows = []
-        crossing: list[int] = []
-        for config in configs:
-            if config[0] == "text":
-                rows.append(self._text_bitmask(config[2]))
-                continue
-            grammar = self.grammar_of(config)
-            rows.append(grammar.token_bitmask(config[2]))
-            if config[0] in ("first", "next"):
-                crossing += self._crossing_tokens(config, grammar)
-        if crossing:
-            rows.append(pack_token_bitmask(np.array(crossing, dtype=np.int64), self.vocabulary.num_words))
-        mask = np.bitwise_or.reduce(np.stack(rows), axis=0) & ~self._eos
-        if self.may_end(configs):
-            mask |= self._eos
+        with paused_gc():
+            rows = []
+            crossing: list[int] = []
+            for config in configs:
+                if config[0] == "text":
+                    rows.append(self._text_bitmask(config[2]))
+                    continue
+                grammar = self.grammar_of(config)
+                rows.append(grammar.token_bitmask(config[2]))
+                if self.follow_ons_possible(config):
+                    crossing += self._crossing_tokens(config, grammar)
+            if crossing:
+                rows.append(pack_token_bitmask(np.array(crossing, dtype=np.int64), self.vocabulary.num_words))
+            eos = self._shared.eos_bitmask
+            mask = np.bitwise_or.reduce(np.stack(rows), axis=0) & ~eos
+            if self.may_end(configs):
+                mask |= eos
         mask.setflags(write=False)
         with self._lock:
             self._masks[configs] = mask
@@ -261,8 +314,15 @@ class TurnGrammar:
                 self._masks.popitem(last=False)
         return mask
 
+    def follow_ons_possible(self, config: Config) -> bool:
+        """Whether anything can follow this segment (so tokens may cross its end)."""
+        segment = config[0]
+        if segment in ("prefix", "sep"):
+            return True
+        return segment == "call" and (self._pieces["suffix"] is not None or self.max_calls is None or config[3] + 1 < self.max_calls)
+
     def _crossing_tokens(self, config: Config, grammar: CompiledGrammar) -> list[int]:
-        """Tokens that finish this call and go on into the separator, the next call or the suffix."""
+        """Tokens that finish this segment and go on into what follows it."""
         segment, name, state, num_calls = config
         token_ids, positions = grammar.tokens_through_accepting(state)
         out = []
@@ -275,19 +335,16 @@ class TurnGrammar:
         return out
 
     def _text_bitmask(self, state: int) -> np.ndarray:
-        if self.trigger is None:
-            return self._all_content
-        cached = self._trigger_tokens.get(state)
-        if cached is not None:
-            return cached
-        # Tokens that keep the text free of the trigger, plus those that complete it and go on into a call.
-        token_ids, _ = allowed_token_ids(self.trigger, state, self.vocabulary.content_tokens)
-        completing = np.setdiff1d(self.vocabulary.content_tokens.ids, token_ids)
-        text = frozenset({("text", "", state, 0)})
-        into_call = [i for i in completing.tolist() if self.advance(text, self.vocabulary.token_bytes[i])]  # type: ignore[arg-type]
-        mask = pack_token_bitmask(np.concatenate([token_ids, np.array(into_call, dtype=np.int64)]), self.vocabulary.num_words)
-        self._trigger_tokens[state] = mask
-        return mask
+        if not self.calls:
+            return self._shared.content_bitmask
+        cached = self._into_call.get(state)
+        if cached is None:
+            free, completing = self._shared.free_text.tokens(state)
+            text = frozenset({("text", "", state, 0)})
+            into_call = [i for i in completing.tolist() if self.advance(text, self.vocabulary.token_bytes[i])]  # type: ignore[arg-type]
+            cached = free | pack_token_bitmask(np.array(into_call, dtype=np.int64), self.vocabulary.num_words)
+            self._into_call[state] = cached
+        return cached
 
     def forced_bytes(self, configs: frozenset[Config]) -> bytes:
         """The bytes every continuation starts with: the common prefix of the live configurations' forced text."""
@@ -309,12 +366,15 @@ class TurnGrammar:
     def min_bytes_to_end(self, configs: frozenset[Config]) -> int:
         """Fewest bytes before the turn may end (a lower bound for `max_tokens` checks)."""
         best = None
+        suffix = len(self.format.suffix.encode("utf-8"))
         for config in configs:
             if config[0] == "text":
                 return 0
             remaining = self.grammar_of(config).min_bytes_to_accept(config[2])
-            if config[0] in ("first", "next") and self.suffix is not None:
-                remaining += len(self.format.suffix.encode("utf-8"))
+            if config[0] in ("prefix", "sep"):
+                remaining += min(g.min_bytes_to_accept(g.start_state) for g in self.calls.values()) + suffix
+            elif config[0] == "call":
+                remaining += suffix
             best = remaining if best is None else min(best, remaining)
         return 0 if best is None else best
 
@@ -371,7 +431,7 @@ class TurnMatcher:
 
     def next_token_bitmask(self) -> np.ndarray:
         if self._terminated:
-            return self.turn._eos
+            return self.turn.eos_bitmask
         return self.turn.token_bitmask(self.configs)
 
     def fill_next_token_bitmask(self, bitmask: Any, index: int = 0) -> None:
@@ -394,7 +454,7 @@ class TurnMatcher:
 
     def in_tool_call(self) -> bool:
         """Whether the text so far has committed to tool calls (the trigger is complete)."""
-        return any(c[0] in ("first", "next", "suffix") for c in self.configs) and not any(c[0] == "text" for c in self.configs)
+        return bool(self.configs) and not any(c[0] in ("text", "answer") for c in self.configs)
 
 
 class ToolGrammarCompiler:
@@ -403,6 +463,7 @@ class ToolGrammarCompiler:
     Args:
         compiler: the grammar compiler (and cache) of the vocabulary.
         format: the tool-call syntax of the model.
+        max_cached_turns: turns kept (a turn holds its masks per configuration set).
     """
 
     def __init__(self, compiler: GrammarCompiler, format: ToolCallFormat, max_cached_turns: int = 256):
@@ -410,7 +471,24 @@ class ToolGrammarCompiler:
         self.format = format
         self.max_cached_turns = max_cached_turns
         self._turns: OrderedDict[str, TurnGrammar] = OrderedDict()
+        self._calls: OrderedDict[tuple[str, str, bool], CompiledGrammar] = OrderedDict()
         self._lock = threading.Lock()
+        vocabulary = compiler.vocabulary
+        content = vocabulary.content_tokens.ids
+        self._shared = _FormatGrammars(
+            format=format,
+            prefix=self._literal(format.prefix),
+            separator=self._literal(format.separator),
+            suffix=self._literal(format.suffix),
+            free_text=_FreeText(format.trigger, vocabulary),
+            eos_bitmask=pack_token_bitmask(np.array(vocabulary.eos_token_ids, dtype=np.int64), vocabulary.num_words),
+            content_bitmask=pack_token_bitmask(content, vocabulary.num_words),
+        )
+        # Free text's mask before any trigger byte: paid here, once per format, not by the first auto turn.
+        self._shared.free_text.tokens(0)
+
+    def _literal(self, text: str) -> CompiledGrammar | None:
+        return self.compiler.compile_regex(escape(text)) if text else None
 
     def compile_turn(
         self,
@@ -437,7 +515,8 @@ class ToolGrammarCompiler:
             if turn is not None:
                 self._turns.move_to_end(key)
                 return turn
-        turn = self._build(tools or [], tool_choice, parallel_tool_calls, response_format)
+        with paused_gc():
+            turn = self._build(tools or [], tool_choice, parallel_tool_calls, response_format)
         with self._lock:
             self._turns[key] = turn
             while len(self._turns) > self.max_cached_turns:
@@ -456,25 +535,34 @@ class ToolGrammarCompiler:
                 )
             functions = {choice.name: functions[choice.name]}
         answer = self._answer_grammar(response_format)
-        calls = {} if choice.mode == "none" else functions
-        first = {name: self._call_grammar(i, f, first=True) for name, (i, f) in calls.items()}
+        offered = {} if choice.mode == "none" else functions
+        calls = {name: self._call_grammar(i, f) for name, (i, f) in offered.items()}
         max_calls = 1 if choice.mode == "named" or not parallel else None
-        following = {} if max_calls == 1 else {name: self._call_grammar(i, f, first=False) for name, (i, f) in calls.items()}
         allow_text = choice.mode in ("none", "auto") and answer is None
-        return TurnGrammar(self.format, self.compiler, first, following, max_calls, allow_text, answer)
+        return TurnGrammar(self._shared, self.compiler.vocabulary, calls, max_calls, allow_text, answer)
 
-    def _call_grammar(self, index: int, function: dict[str, Any], *, first: bool) -> CompiledGrammar:
+    def _call_grammar(self, index: int, function: dict[str, Any]) -> CompiledGrammar:
         name = function["name"]
-        param = f"tools[{index}].function.parameters"
         parameters = function.get("parameters", {"type": "object", "properties": {}})
         strict = function.get("strict") is True
+        key = (name, json.dumps(parameters, ensure_ascii=False), strict)
+        with self._lock:
+            grammar = self._calls.get(key)
+            if grammar is not None:
+                self._calls.move_to_end(key)
+                return grammar
         try:
-            arguments = _arguments_regex(json.dumps(parameters, ensure_ascii=False), strict)
-            return self.compiler.compile_regex(self.format.call_regex(name, arguments, first=first))
+            arguments = _arguments_regex(key[1], strict)
+            grammar = self.compiler.compile_regex(self.format.call_regex(name, arguments))
         except UnsupportedSchemaError as error:
-            raise ToolGrammarError(f"tool {name!r}, parameters {error}", param) from error
+            raise ToolGrammarError(f"tool {name!r}, parameters {error}", f"tools[{index}].function.parameters") from error
         except ValueError as error:
-            raise ToolGrammarError(f"tool {name!r}: {error}", param) from error
+            raise ToolGrammarError(f"tool {name!r}: {error}", f"tools[{index}].function.parameters") from error
+        with self._lock:
+            self._calls[key] = grammar
+            while len(self._calls) > self.compiler.limits.max_cached_grammars:
+                self._calls.popitem(last=False)
+        return grammar
 
     def _answer_grammar(self, response_format: dict[str, Any] | None) -> CompiledGrammar | None:
         if response_format is None or response_format.get("type", "text") == "text":
@@ -482,7 +570,7 @@ class ToolGrammarCompiler:
         kind = response_format.get("type")
         try:
             if kind == "json_object":
-                return self.compiler.compile_json_schema({"type": "object", "additionalProperties": True})
+                return self.compiler.compile_json_schema({"type": "object"})
             if kind == "json_schema":
                 spec = response_format.get("json_schema")
                 if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), (dict, bool)):

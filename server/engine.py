@@ -434,9 +434,9 @@ class Engine:
             finish_reason=finish, num_prompt_tokens=len(seq.request.prompt_ids), num_output_tokens=len(seq.output_ids),
             num_cached_tokens=seq.num_cached,
         )
-        seq.sink(event)
         if finish is not None:
-            self._release(seq)
+            self._release(seq)  # before the last event, so whoever receives it sees the slot free
+        seq.sink(event)
 
     def _only_end_allowed(self, seq: _Sequence) -> bool:
         matcher = seq.matcher
@@ -445,9 +445,9 @@ class Engine:
     def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
         if seq.finished:
             return
+        self._release(seq)
         seq.sink(EngineEvent(seq.request.request_id, finish_reason=reason, error=error, num_prompt_tokens=len(seq.request.prompt_ids),
                              num_output_tokens=len(seq.output_ids), num_cached_tokens=seq.num_cached))
-        self._release(seq)
 
     def _release(self, seq: _Sequence) -> None:
         seq.finished = True
