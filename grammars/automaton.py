@@ -10,6 +10,8 @@ token walks index directly.
 from __future__ import annotations
 
 import gc
+import heapq
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,8 @@ from strictcall.grammars.regex import Alternation, CharClass, Concat, Node, Repe
 DEAD = -1
 UNEXPANDED = -2
 DEFAULT_MAX_NFA_STATES = 2_000_000
+# Counted repeats with more copies than this are unrolled lazily (see `Nfa`).
+_EAGER_COPIES = 16
 # 20,000 states x 256 x 4 bytes = 20 MB of transition table at most per grammar.
 DEFAULT_MAX_DFA_STATES = 20_000
 _MAX_FORCED_BYTES = 4096
@@ -84,24 +88,68 @@ def _split_same_length(a: int, b: int, out: list[tuple[tuple[int, int], ...]]) -
     out.append(tuple(zip(chr(a).encode("utf-8"), chr(b).encode("utf-8"))))
 
 
+def min_length(node: Node) -> float:
+    """Fewest UTF-8 bytes a string matching `node` can have (inf for a node that matches nothing)."""
+    memo: dict[int, float] = {}
+    stack: list[tuple[Node, bool]] = [(node, False)]
+    while stack:
+        item, children_done = stack.pop()
+        if id(item) in memo:
+            continue
+        children = _children(item)
+        if children and not children_done:
+            stack.append((item, True))
+            stack.extend((child, False) for child in children if id(child) not in memo)
+            continue
+        if isinstance(item, CharClass):
+            memo[id(item)] = len(chr(item.ranges[0][0]).encode("utf-8")) if item.ranges else math.inf
+        elif isinstance(item, Concat):
+            memo[id(item)] = sum(memo[id(c)] for c in item.parts)
+        elif isinstance(item, Alternation):
+            memo[id(item)] = min((memo[id(c)] for c in item.options), default=math.inf)
+        else:
+            inner = memo[id(item.node)]  # type: ignore[union-attr]
+            memo[id(item)] = 0 if item.min_count == 0 else item.min_count * inner  # type: ignore[union-attr]
+    return memo[id(node)]
+
+
+def _children(node: Node) -> tuple[Node, ...]:
+    if isinstance(node, Concat):
+        return node.parts
+    if isinstance(node, Alternation):
+        return node.options
+    if isinstance(node, Repeat):
+        return (node.node,)
+    return ()
+
+
 class Nfa:
-    """A Thompson NFA over bytes: byte-range edges and epsilon edges, one start and one accept state."""
+    """A Thompson NFA over bytes: byte-range edges and epsilon edges, one start and one accept state.
+
+    Long counted repeats (`x{0,32767}`, a string's maxLength) are unrolled lazily: the states of copy k+1 are
+    built when a DFA state first reaches copy k, so a bound costs only the copies a generation visits
+    (a 32767-character maxLength: 9.3 s and 1.4M states eagerly; now a few ms).
+    """
 
     def __init__(self, node: Node, max_states: int = DEFAULT_MAX_NFA_STATES):
         self.max_states = max_states
         self.byte_edges: list[list[tuple[int, int, int]]] = []
         self.epsilons: list[list[int]] = []
+        self.distance: list[float] = []
+        # Stub state -> (the rest of a long repeat, to be built from the stub to `end`, its min length, end).
+        self.pending: dict[int, tuple[Repeat, float, int]] = {}
         with paused_gc():
             self.start = self._new_state()
             self.accept = self._new_state()
             self._build(node, self.start, self.accept)
-            self.distance = self._distances_to_accept()
+            self._settle_distances(range(len(self.epsilons)))
 
     def _new_state(self) -> int:
         if len(self.epsilons) >= self.max_states:
             raise AutomatonLimitError(f"the regex needs more than {self.max_states} NFA states; simplify the schema")
         self.byte_edges.append([])
         self.epsilons.append([])
+        self.distance.append(-1)
         return len(self.epsilons) - 1
 
     def _build(self, node: Node, start: int, end: int) -> None:
@@ -134,6 +182,16 @@ class Nfa:
                 state = target
 
     def _add_repeat(self, node: Repeat, start: int, end: int, stack: list[tuple[Node, int, int]]) -> None:
+        copies = node.min_count if node.max_count is None else node.max_count
+        if copies > _EAGER_COPIES:
+            # One copy now; the rest when a walk gets there (`materialize`).
+            state = self._new_state()
+            stack.append((node.node, start, state))
+            if node.min_count == 0:
+                self.epsilons[start].append(end)
+            rest = Repeat(node.node, max(node.min_count - 1, 0), None if node.max_count is None else node.max_count - 1)
+            self.pending[state] = (rest, min_length(rest), end)
+            return
         state = start
         for _ in range(node.min_count):
             nxt = self._new_state()
@@ -155,29 +213,56 @@ class Nfa:
             state = nxt
         self.epsilons[state].append(end)
 
-    def _distances_to_accept(self) -> np.ndarray:
-        """Fewest bytes from each state to acceptance (0-1 BFS backwards); -1 where acceptance is unreachable."""
-        reverse: list[list[tuple[int, int]]] = [[] for _ in self.epsilons]
-        for state, targets in enumerate(self.epsilons):
-            for target in targets:
-                reverse[target].append((state, 0))
-        for state, edges in enumerate(self.byte_edges):
-            for _, _, target in edges:
-                reverse[target].append((state, 1))
-        distance = np.full(len(self.epsilons), -1, dtype=np.int64)
-        distance[self.accept] = 0
-        queue = deque([self.accept])
-        while queue:
-            state = queue.popleft()
-            for source, cost in reverse[state]:
-                candidate = distance[state] + cost
-                if distance[source] == -1 or candidate < distance[source]:
-                    distance[source] = candidate
-                    if cost == 0:
-                        queue.appendleft(source)
-                    else:
-                        queue.append(source)
-        return distance
+    def materialize(self, stub: int) -> None:
+        """Build the next copy of a lazily unrolled repeat at `stub` (no-op for other states)."""
+        pending = self.pending.pop(stub, None)
+        if pending is None:
+            return
+        rest, _, end = pending
+        first_new = len(self.epsilons)
+        with paused_gc():
+            stack: list[tuple[Node, int, int]] = []
+            self._add_repeat(rest, stub, end, stack)
+            while stack:
+                item, a, b = stack.pop()
+                self._build(item, a, b)
+            self._settle_distances(range(first_new, len(self.epsilons)))
+
+    def _out_edges(self, state: int) -> list[tuple[int, float]]:
+        edges: list[tuple[int, float]] = [(t, 0) for t in self.epsilons[state]]
+        edges += [(t, 1) for _, _, t in self.byte_edges[state]]
+        if state in self.pending:
+            _, length, end = self.pending[state]
+            if length != math.inf:
+                edges.append((end, length))
+        return edges
+
+    def _settle_distances(self, states: range) -> None:
+        """Fewest bytes to acceptance (Dijkstra backwards) for `states`, whose edges lead among themselves or
+        to states already settled; -1 where acceptance is unreachable."""
+        inside = set(states)
+        reverse: dict[int, list[tuple[int, float]]] = {}
+        heap: list[tuple[float, int]] = []
+        for state in states:
+            if state == self.accept:
+                heap.append((0, state))
+            for target, cost in self._out_edges(state):
+                if target in inside:
+                    reverse.setdefault(target, []).append((state, cost))
+                elif self.distance[target] >= 0:
+                    heap.append((self.distance[target] + cost, state))
+        heapq.heapify(heap)
+        settled: dict[int, float] = {}
+        while heap:
+            distance, state = heapq.heappop(heap)
+            if state in settled:
+                continue
+            settled[state] = distance
+            for source, cost in reverse.get(state, ()):
+                if source not in settled:
+                    heapq.heappush(heap, (distance + cost, source))
+        for state in states:
+            self.distance[state] = settled.get(state, -1)
 
 
 class LazyDfa:
@@ -227,6 +312,7 @@ class LazyDfa:
         nfa = self.nfa
         while stack:
             current = stack.pop()
+            nfa.materialize(current)
             if nfa.distance[current] < 0:
                 continue
             if nfa.byte_edges[current] or current == nfa.accept:
@@ -262,7 +348,7 @@ class LazyDfa:
         self._ids[nfa_states] = state_id
         self._sets.append(nfa_states)
         self.is_accepting_state[state_id] = self.nfa.accept in nfa_states
-        self.min_bytes_to_accept[state_id] = min(self.nfa.distance[s] for s in nfa_states)
+        self.min_bytes_to_accept[state_id] = int(min(self.nfa.distance[s] for s in nfa_states))
         return state_id
 
     def _grow(self) -> None:

@@ -264,7 +264,21 @@ def test_limits_give_clear_errors(byte_vocabulary: Vocabulary) -> None:
             matcher.next_token_bitmask()
             matcher.accept_bytes(b"a")
     with pytest.raises(AutomatonLimitError, match="NFA states"):
-        GrammarCompiler(byte_vocabulary, CompilerLimits(max_nfa_states=100)).compile_regex("a{1000}")
+        GrammarCompiler(byte_vocabulary, CompilerLimits(max_nfa_states=100)).compile_regex("x" * 200)
+
+
+def test_long_counted_repeats_are_unrolled_lazily(byte_vocabulary: Vocabulary) -> None:
+    # maxLength 32767 used to cost 1.4M NFA states up front; now a copy is built when a walk reaches it.
+    grammar = GrammarCompiler(byte_vocabulary).compile_json_schema({"type": "string", "minLength": 20, "maxLength": 32767})
+    assert len(grammar.dfa.nfa.epsilons) < 200
+    for length, ok in [(19, False), (20, True), (300, True)]:
+        matcher = GrammarMatcher(grammar)
+        assert (matcher.accept_bytes(b'"' + b"x" * length + b'"') and matcher.is_accepting()) is ok
+    assert GrammarMatcher(grammar).min_bytes_to_accept() == 22
+    bounded = GrammarCompiler(byte_vocabulary).compile_regex("(ab){20,30}")
+    for count, ok in [(19, False), (20, True), (30, True), (31, False)]:
+        matcher = GrammarMatcher(bounded)
+        assert (matcher.accept_bytes(b"ab" * count) and matcher.is_accepting()) is ok
 
 
 def test_compiler_caches_results_and_errors(byte_vocabulary: Vocabulary) -> None:
