@@ -76,13 +76,16 @@ def _parse_arguments(arguments: Any, param: str) -> Any:
         raise PromptError(f"{param} must be a JSON string (as the API returned it): {error}", param) from None
 
 
-def render_messages(format: ToolCallFormat, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, tool_choice_mode: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+def render_messages(format: ToolCallFormat, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, tool_choice_mode: str,
+                    tool_role: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """OpenAI messages -> the messages (and `tools=` argument) for the model's chat template.
 
     Templates that render tools get them as they are (assistant `tool_calls` with their arguments as objects,
     `tool` messages with `tool_call_id`). For templates that do not (the `generic` format), the tools are
     described in the system message (`format.render_tools_prompt`), assistant calls are written in the
-    format's own syntax, and tool results become a user message of `<tool_response>` blocks.
+    format's own syntax, and tool results are messages of role `tool` (SmolLM2-135M then answers from the
+    result; as a user message of `<tool_response>` blocks it echoed the block back), or, with
+    `tool_role=False` for templates that refuse that role, one user message of `<tool_response>` blocks.
 
     Args:
         format: the model's tool-call format.
@@ -127,6 +130,8 @@ def render_messages(format: ToolCallFormat, messages: list[dict[str, Any]], tool
             call_id = message.get("tool_call_id")
             if format.tools_in_template:
                 out.append({"role": "tool", "content": text, "tool_call_id": call_id, "name": names_by_id.get(call_id, "")})
+            elif tool_role:
+                out.append({"role": "tool", "content": text})
             else:
                 block = "<tool_response>\n" + json.dumps({"name": names_by_id.get(call_id, ""), "content": text}, ensure_ascii=False) + "\n</tool_response>"
                 if out and out[-1].get("_tool_results"):
@@ -157,16 +162,19 @@ def render_prompt(tokenizer: Any, format: ToolCallFormat, messages: list[dict[st
     Raises:
         PromptError: the messages cannot be rendered (the template's own error is in the message).
     """
-    rendered, template_tools = render_messages(format, messages, tools, tool_choice_mode)
     if getattr(tokenizer, "chat_template", None) is None:
         raise PromptError("this model has no chat template; use /v1/completions with a prompt instead", "messages")
-    kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
-    if template_tools:
-        kwargs["tools"] = template_tools
-    try:
-        return tokenizer.apply_chat_template(rendered, **kwargs)
-    except Exception as error:  # jinja2 TemplateError and the errors templates raise on purpose
-        raise PromptError(f"the model's chat template cannot render these messages: {error}", "messages") from None
+    has_tool_results = any(m.get("role") == "tool" for m in messages)
+    for tool_role in ((True, False) if has_tool_results and not format.tools_in_template else (True,)):
+        rendered, template_tools = render_messages(format, messages, tools, tool_choice_mode, tool_role)
+        kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
+        if template_tools:
+            kwargs["tools"] = template_tools
+        try:
+            return tokenizer.apply_chat_template(rendered, **kwargs)
+        except Exception as error:  # jinja2 TemplateError and the errors templates raise on purpose
+            failure = error
+    raise PromptError(f"the model's chat template cannot render these messages: {failure}", "messages") from None
 
 
 # ----- output parsing -----
