@@ -1,0 +1,303 @@
+"""The HTTP app in-process (httpx against the ASGI app), on a tiny random-weight Llama over SmolLM2's vocabulary.
+
+Cheap cases live here: every error with its status, field and code; the API key; CORS; body limits; health
+while loading; metrics. With random weights the grammar does all the work, so tool calls returned over HTTP
+must still parse, name an offered tool and validate, streamed or not, and the streamed arguments must add up
+to the non-streamed ones for the same seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import jsonschema
+import pytest
+import torch
+
+from strictcall.grammars.compiler import GrammarCompiler
+from strictcall.grammars.formats import detect_format
+from strictcall.grammars.tools import ToolGrammarCompiler
+from strictcall.server.api import ServingState, create_app
+from strictcall.server.config import ServerConfig
+from strictcall.server.engine import Engine, EngineConfig
+from strictcall.server.model_runner import ModelRunner
+
+MODEL = "tiny"
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+                  "required": ["city", "days"], "additionalProperties": False}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather forecast", "parameters": WEATHER_SCHEMA, "strict": True}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}},
+                                                                        "required": ["zone"]}}},
+]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+USER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _serving(tokenizer, vocabulary, *, slots: int = 4, max_waiting: int = 64, start: bool = True) -> ServingState:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocabulary.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    model = LlamaForCausalLM(config).eval()
+    fmt = detect_format(tokenizer.chat_template)
+    compiler = GrammarCompiler(vocabulary)
+    engine = Engine(ModelRunner(model, slots, 1024), vocabulary, tokenizer, EngineConfig(max_waiting=max_waiting))
+    if start:
+        engine.start()
+    return ServingState(tokenizer, vocabulary, fmt, compiler, ToolGrammarCompiler(compiler, fmt), engine, 1024)
+
+
+@pytest.fixture(scope="module")
+def serving(smollm2_tokenizer, smollm2_vocabulary):
+    state = _serving(smollm2_tokenizer, smollm2_vocabulary)
+    yield state
+    state.engine.shutdown()
+
+
+def make_app(serving: ServingState | None, **config):
+    app = create_app(ServerConfig(served_model_names=(MODEL,), max_model_len=1024, **config), loader=lambda c: serving)
+    app.state.holder["serving"] = serving  # httpx's ASGI transport does not run the lifespan (which loads)
+    return app
+
+
+def call(app, method: str, path: str, **kwargs) -> httpx.Response:
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=120) as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def chat(app, **body) -> httpx.Response:
+    return call(app, "POST", "/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 8, **body})
+
+
+@pytest.fixture(scope="module")
+def app(serving):
+    return make_app(serving)
+
+
+def error_of(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+# ----- errors: (name, request body or raw content, status, param, code, words in the message) -----
+
+ERROR_CASES = [
+    ("missing messages", {"model": MODEL}, 400, "messages", "missing_required_parameter", "messages"),
+    ("empty messages", {"model": MODEL, "messages": []}, 400, "messages", "invalid_value", "at least 1"),
+    ("bad role", {"model": MODEL, "messages": [{"role": "bot", "content": "x"}]}, 400, "messages[0].role", "invalid_value", "role"),
+    ("temperature out of range", {"model": MODEL, "messages": USER, "temperature": 3}, 400, "temperature", "invalid_value", "2"),
+    ("top_p zero", {"model": MODEL, "messages": USER, "top_p": 0}, 400, "top_p", "invalid_value", "top_p"),
+    ("unknown field", {"model": MODEL, "messages": USER, "foo": 1}, 400, "foo", "unknown_parameter", "Unrecognized request argument supplied: foo"),
+    ("wrong type", {"model": MODEL, "messages": USER, "max_tokens": "ten"}, 400, "max_tokens", "invalid_value", "integer"),
+    ("unknown model", {"model": "gpt-4o", "messages": USER}, 404, "model", "model_not_found", "gpt-4o"),
+    ("tool_choice without tools", {"model": MODEL, "messages": USER, "tool_choice": "required"}, 400, "tool_choice", "invalid_value", "tools"),
+    ("tool_choice names a missing tool", {"model": MODEL, "messages": USER, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+     400, "tool_choice", "invalid_value", "'nope'"),
+    ("bad tool name", {"model": MODEL, "messages": USER, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, 400,
+     "tools[0].function.name", "unsupported_schema", "bad name!"),
+    ("unenforceable strict schema", {"model": MODEL, "messages": USER, "tools": [TOOLS[0], {"type": "function", "function": {
+        "name": "f", "strict": True, "parameters": {"type": "object", "properties": {"x": {"not": {"type": "string"}}}}}}]},
+     400, "tools[1].function.parameters", "unsupported_schema", "tool 'f'"),
+    ("bad response_format type", {"model": MODEL, "messages": USER, "response_format": {"type": "xml"}}, 400, "response_format.type", "invalid_value", "xml"),
+    ("tool message without tool_call_id", {"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}, 400, "messages[0].tool_call_id",
+     "missing_required_parameter", "tool_call_id"),
+    ("image content", {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]},
+     400, "messages[0].content[0].type", "invalid_value", "text only"),
+    ("arguments not JSON", {"model": MODEL, "messages": [{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{nope"}}]}]}, 400, "messages[0].tool_calls[0].function.arguments",
+     "invalid_value", "JSON"),
+    ("max_tokens beyond the context", {"model": MODEL, "messages": USER, "max_tokens": 5000}, 400, "max_tokens", "context_length_exceeded", "1024"),
+    ("prompt beyond the context", {"model": MODEL, "messages": [{"role": "user", "content": "word " * 1200}]}, 400, "messages",
+     "context_length_exceeded", "1024"),
+    ("n too large", {"model": MODEL, "messages": USER, "n": 100}, 400, "n", "invalid_value", "--max-n"),
+    ("top_logprobs without logprobs", {"model": MODEL, "messages": USER, "top_logprobs": 2}, 400, "top_logprobs", "invalid_value", "logprobs"),
+    ("stream_options without stream", {"model": MODEL, "messages": USER, "stream_options": {"include_usage": True}}, 400, "stream_options",
+     "invalid_value", "stream"),
+    ("functions", {"model": MODEL, "messages": USER, "functions": [{"name": "f"}]}, 400, "functions", "unsupported_parameter", "tools"),
+    ("logit_bias", {"model": MODEL, "messages": USER, "logit_bias": {"1": 5}}, 400, "logit_bias", "unsupported_parameter", "logit_bias"),
+    ("guided_grammar", {"model": MODEL, "messages": USER, "guided_grammar": "root ::= x"}, 400, "guided_grammar", "unsupported_parameter", "guided_json"),
+    ("two constraints", {"model": MODEL, "messages": USER, "guided_regex": "a+", "guided_choice": ["a"]}, 400, "guided_choice",
+     "conflicting_parameters", "one"),
+    ("guided_json with tool calls", {"model": MODEL, "messages": USER, "tools": TOOLS, "guided_json": {"type": "object"}}, 400, "guided_json",
+     "conflicting_parameters", "tool_choice"),
+    ("bad regex", {"model": MODEL, "messages": USER, "guided_regex": "(a"}, 400, "guided_regex", "unsupported_schema", "guided_regex"),
+    ("too many stops", {"model": MODEL, "messages": USER, "stop": ["a"] * 17}, 400, "stop", "invalid_value", "16"),
+    ("extension field typo", {"model": MODEL, "messages": USER, "strictcall": {"constraind": False}}, 400, "strictcall.constraind",
+     "unknown_parameter", "constraind"),
+]
+
+
+@pytest.mark.parametrize("name,body,status,param,code,words", ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
+def test_errors_have_openai_shape_status_and_field(app, name, body, status, param, code, words) -> None:
+    response = call(app, "POST", "/v1/chat/completions", json=body)
+    assert response.status_code == status, response.text
+    error = error_of(response)
+    assert (error["param"], error["code"]) == (param, code), error
+    assert words in error["message"], error["message"]
+
+
+@pytest.mark.parametrize("content,words", [(b"{not json", "could not parse the JSON body"), (b"[1, 2]", "must be a JSON object"),
+                                           (b"\xff\xfe", "could not parse the JSON body")], ids=["syntax", "array", "not utf-8"])
+def test_invalid_json_is_400(app, content, words) -> None:
+    response = call(app, "POST", "/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    error = error_of(response)
+    assert words in error["message"] and error["code"] == "invalid_json"
+
+
+def test_body_too_large_is_413(serving) -> None:
+    small = make_app(serving, max_body_bytes=1000)
+    response = call(small, "POST", "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x" * 2000}]})
+    assert response.status_code == 413 and error_of(response)["code"] == "request_too_large"
+
+
+def test_limits_on_tools_and_schema_size(serving) -> None:
+    small = make_app(serving, max_tools=1, max_schema_bytes=100)
+    response = call(small, "POST", "/v1/chat/completions", json={"model": MODEL, "messages": USER, "tools": TOOLS})
+    assert response.status_code == 400 and error_of(response)["code"] == "too_many_tools"
+    response = call(small, "POST", "/v1/chat/completions", json={"model": MODEL, "messages": USER, "tools": TOOLS[:1]})
+    assert response.status_code == 400 and error_of(response)["param"] == "tools[0].function.parameters"
+    assert "--max-schema-bytes" in error_of(response)["message"]
+
+
+def test_ignored_fields_are_accepted(app) -> None:
+    response = chat(app, store=True, metadata={"a": "b"}, user="u", service_tier="auto", prompt_cache_key="k", safety_identifier="s",
+                    reasoning_effort="low", parallel_tool_calls=True, stream=False)
+    assert response.status_code == 200, response.text
+
+
+def test_unknown_route_and_method_are_openai_shaped(app) -> None:
+    response = call(app, "GET", "/v1/nothing")
+    assert response.status_code == 404 and error_of(response)["code"] == "not_found"
+    response = call(app, "GET", "/v1/chat/completions")
+    assert response.status_code == 405 and error_of(response)["code"] == "method_not_allowed"
+
+
+def test_queue_full_is_429(smollm2_tokenizer, smollm2_vocabulary) -> None:
+    stalled = _serving(smollm2_tokenizer, smollm2_vocabulary, slots=1, max_waiting=1, start=False)  # nothing is ever served
+    response = chat(make_app(stalled), n=3)
+    assert response.status_code == 429, response.text
+    assert error_of(response)["code"] == "rate_limit_exceeded"
+
+
+def test_health_and_generation_wait_for_the_model(serving) -> None:
+    loading = make_app(None)
+    assert call(loading, "GET", "/health").status_code == 503
+    response = chat(loading)
+    assert response.status_code == 503 and error_of(response)["code"] == "model_loading"
+    assert call(loading, "GET", "/v1/models").json()["data"][0]["id"] == MODEL
+    assert call(make_app(serving), "GET", "/health").json() == {"status": "ok"}
+
+
+def test_api_key(serving) -> None:
+    secured = make_app(serving, api_key="s3cret")
+    assert call(secured, "GET", "/v1/models").status_code == 401
+    response = call(secured, "GET", "/v1/models", headers={"Authorization": "Bearer wrong"})
+    assert response.status_code == 401 and error_of(response)["code"] == "invalid_api_key"
+    assert call(secured, "GET", "/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    response = call(secured, "POST", "/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 2},
+                    headers={"Authorization": "Bearer s3cret"})
+    assert response.status_code == 200
+    assert call(secured, "GET", "/health").status_code == 200  # health and metrics stay open, as in vLLM
+
+
+def test_no_cors_unless_asked(serving, app) -> None:
+    preflight = {"Origin": "http://example.com", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in call(app, "OPTIONS", "/v1/chat/completions", headers=preflight).headers
+    cors = make_app(serving, cors_origins=("http://example.com",))
+    response = call(cors, "OPTIONS", "/v1/chat/completions", headers=preflight)
+    assert response.headers.get("access-control-allow-origin") == "http://example.com"
+
+
+def test_metrics_exposition(app) -> None:
+    chat(app)
+    text = call(app, "GET", "/metrics").text
+    for name in ("strictcall_requests_total{route=\"/v1/chat/completions\",status=\"200\"}", "strictcall_time_to_first_token_seconds_count",
+                 "strictcall_time_per_output_token_seconds_bucket", "strictcall_num_requests_waiting", "strictcall_batch_size",
+                 "strictcall_grammar_compile_seconds_count", "strictcall_grammar_cache_hits_total", "strictcall_jump_forward_tokens_total"):
+        assert name in text, name
+    for line in text.splitlines():
+        assert line.startswith("#") or len(line.split(" ")) == 2, line
+
+
+# ----- generation with random weights: the grammar does all the work -----
+
+
+def _check_calls(message: dict, names: set[str]) -> None:
+    assert message["tool_calls"], message
+    for call_ in message["tool_calls"]:
+        assert call_["type"] == "function" and call_["id"].startswith("call_")
+        name = call_["function"]["name"]
+        assert name in names
+        jsonschema.validate(json.loads(call_["function"]["arguments"]), SCHEMAS[name])
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}], ids=["required", "named"])
+def test_random_weights_still_make_valid_calls(app, tool_choice) -> None:
+    response = chat(app, tools=TOOLS, tool_choice=tool_choice, max_tokens=200, temperature=1.0, seed=1, n=2, parallel_tool_calls=False)
+    body = response.json()
+    assert response.status_code == 200, body
+    for choice in body["choices"]:
+        assert choice["finish_reason"] in ("tool_calls", "length"), choice
+        if choice["finish_reason"] == "tool_calls":
+            names = {"get_weather"} if isinstance(tool_choice, dict) else set(SCHEMAS)
+            _check_calls(choice["message"], names)
+            assert len(choice["message"]["tool_calls"]) == 1
+
+
+def _stream(app, body: dict) -> list[dict]:
+    response = call(app, "POST", "/v1/chat/completions", json={"model": MODEL, "messages": USER, "stream": True, **body})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = [line[len("data: "):] for line in response.text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_streamed_arguments_equal_non_streamed_for_the_same_seed(app) -> None:
+    body = {"tools": TOOLS, "tool_choice": "required", "max_tokens": 120, "temperature": 1.0, "seed": 11, "stream_options": {"include_usage": True}}
+    chunks = _stream(app, body)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    calls: dict[int, dict] = {}
+    for chunk in chunks[1:-1]:
+        assert chunk["object"] == "chat.completion.chunk" and "usage" in chunk and chunk["usage"] is None
+        for piece in chunk["choices"][0]["delta"].get("tool_calls", []):
+            if "id" in piece:
+                assert piece["index"] not in calls
+                calls[piece["index"]] = {"name": piece["function"]["name"], "arguments": piece["function"]["arguments"]}
+            else:
+                assert set(piece) == {"index", "function"}
+                calls[piece["index"]]["arguments"] += piece["function"]["arguments"]
+    finish = chunks[-2]["choices"][0]["finish_reason"]
+    whole = chat(app, **{k: v for k, v in body.items() if k != "stream_options"}).json()["choices"][0]
+    assert finish == whole["finish_reason"]
+    assert [calls[i] for i in sorted(calls)] == [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                                                 for c in whole["message"]["tool_calls"]]
+
+
+def test_response_format_and_guided_outputs_with_random_weights(app) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 10}, "sure": {"type": "boolean"}},
+              "required": ["answer", "sure"], "additionalProperties": False}
+    body = chat(app, max_tokens=60, temperature=1.0, seed=3,
+                response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": True}}).json()
+    if body["choices"][0]["finish_reason"] == "stop":
+        jsonschema.validate(json.loads(body["choices"][0]["message"]["content"]), schema)
+    body = chat(app, max_tokens=10, guided_choice=["yes", "no"]).json()
+    assert body["choices"][0]["message"]["content"] in ("yes", "no")
+    response = call(app, "POST", "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 10, "structured_outputs": {"regex": "[0-9]{3}"}})
+    assert len(response.json()["choices"][0]["text"]) == 3 and response.json()["choices"][0]["text"].isdigit()
+
+
+def test_unconstrained_switch_turns_the_grammar_off(app) -> None:
+    body = chat(app, tools=TOOLS, tool_choice="required", max_tokens=12, temperature=1.0, seed=5, strictcall={"constrained": False}).json()
+    choice = body["choices"][0]
+    # Random weights without a grammar write noise: no call parses, and nothing fails.
+    assert choice["message"].get("tool_calls") is None and choice["finish_reason"] == "length"
