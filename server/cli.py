@@ -78,7 +78,8 @@ def serve(config: ServerConfig) -> int:
 
     def stop(error: BaseException) -> None:
         failed.append(error)
-        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down gracefully on SIGTERM
+        # uvicorn shuts down gracefully on SIGINT, then raises it again: KeyboardInterrupt, caught below.
+        os.kill(os.getpid(), signal.SIGINT)
 
     app = create_app(config, on_load_failure=stop)
     if not _is_loopback(config.host) and config.api_key is None:
@@ -86,7 +87,10 @@ def serve(config: ServerConfig) -> int:
     host = f"[{config.host}]" if ":" in config.host else config.host
     logger.info("strictcall %s: serving %s at http://%s:%d/v1 (health: /health, metrics: /metrics); loading the model...",
                 _version(), ", ".join(config.model_names), host, config.port)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=5)
+    try:
+        uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=5)
+    except KeyboardInterrupt:
+        return 1 if failed else 130
     return 1 if failed else 0
 
 
