@@ -1054,9 +1054,21 @@ async def _chat_stream(serving: ServingState, plan: _Plan, batch: _Batch, meta: 
             body["usage"] = None
         return _sse(body)
 
+    started = [False] * n
+
+    def pieces(index: int, delta: Delta, finishing: bool) -> list[dict[str, Any]]:
+        # As OpenAI streams: the role comes first, with `content: null` merged into the first tool-call piece,
+        # or as its own chunk with `content: ""` before text (or before a finish with no output).
+        out = _delta_pieces(delta)
+        if not started[index] and (out or finishing):
+            started[index] = True
+            if out and "tool_calls" in out[0]:
+                out[0] = {"role": "assistant", "content": None, "refusal": None, **out[0]}
+            else:
+                out.insert(0, {"role": "assistant", "content": "", "refusal": None})
+        return out
+
     try:
-        for i in range(n):
-            yield chunk(i, {"role": "assistant", "content": "", "refusal": None})
         async for i, event in batch.events():
             if event.finish_reason == "error":
                 batch.abort()
@@ -1066,7 +1078,7 @@ async def _chat_stream(serving: ServingState, plan: _Plan, batch: _Batch, meta: 
             delta = parsers[i].feed(event.text)
             if event.finish_reason is not None:
                 delta.extend(parsers[i].finish())
-            for piece in _delta_pieces(delta):
+            for piece in pieces(i, delta, event.finish_reason is not None):
                 yield chunk(i, piece)
             if event.finish_reason is not None:
                 finals[i] = _Result(finish_reason=event.finish_reason, num_prompt_tokens=event.num_prompt_tokens,

@@ -264,10 +264,11 @@ def _stream(app, body: dict) -> list[dict]:
 def test_streamed_arguments_equal_non_streamed_for_the_same_seed(app) -> None:
     body = {"tools": TOOLS, "tool_choice": "required", "max_tokens": 120, "temperature": 1.0, "seed": 11, "stream_options": {"include_usage": True}}
     chunks = _stream(app, body)
-    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    first = chunks[0]["choices"][0]["delta"]
+    assert first["role"] == "assistant" and first["content"] is None and first["tool_calls"][0]["id"].startswith("call_")  # as OpenAI
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
     calls: dict[int, dict] = {}
-    for chunk in chunks[1:-1]:
+    for chunk in chunks[:-1]:
         assert chunk["object"] == "chat.completion.chunk" and "usage" in chunk and chunk["usage"] is None
         for piece in chunk["choices"][0]["delta"].get("tool_calls", []):
             if "id" in piece:
