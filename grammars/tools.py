@@ -173,6 +173,7 @@ class TurnGrammar:
         self.answer = answer
         self._shared = shared
         self._pieces = {"prefix": shared.prefix, "sep": shared.separator, "suffix": shared.suffix}
+        self._trailing_separator = not self.format.separator.strip()
         self._masks: OrderedDict[frozenset[Config], np.ndarray] = OrderedDict()
         self._into_call: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -241,14 +242,20 @@ class TurnGrammar:
         return self.closure({config}) - {config}
 
     def may_end(self, configs: frozenset[Config]) -> bool:
-        """End of turn is allowed: free text, or a complete answer, suffix, or call (when there is no suffix)."""
+        """End of turn is allowed: free text, or a complete answer, suffix, or call (when there is no suffix).
+
+        A whitespace separator may also end the turn: models write `</tool_call>` and a newline, then stop;
+        without this, the newline could only begin another call, and a small model repeats its call until
+        `max_tokens` (SmolLM2 on BFCL `required`).
+        """
+        no_suffix = self._pieces["suffix"] is None
         for config in configs:
             segment, _, state, _ = config
             if segment == "text":
                 return True
-            if segment in ("answer", "suffix") or (segment == "call" and self._pieces["suffix"] is None):
-                if self.grammar_of(config).is_accepting(state):
-                    return True
+            ends = segment in ("answer", "suffix") or (no_suffix and (segment == "call" or (segment == "sep" and self._trailing_separator)))
+            if ends and self.grammar_of(config).is_accepting(state):
+                return True
         return False
 
     def advance(self, configs: frozenset[Config], data: bytes) -> frozenset[Config]:
@@ -555,7 +562,8 @@ class ToolGrammarCompiler:
             arguments = _arguments_regex(key[1], strict)
             grammar = self.compiler.compile_regex(self.format.call_regex(name, arguments))
         except UnsupportedSchemaError as error:
-            raise ToolGrammarError(f"tool {name!r}, parameters {error}", f"tools[{index}].function.parameters") from error
+            message = str(error).replace("pass strict=False", 'set "strict": false on the tool')
+            raise ToolGrammarError(f"tool {name!r}, parameters {message}", f"tools[{index}].function.parameters") from error
         except ValueError as error:
             raise ToolGrammarError(f"tool {name!r}: {error}", f"tools[{index}].function.parameters") from error
         with self._lock:
@@ -579,7 +587,8 @@ class ToolGrammarCompiler:
         except ToolGrammarError:
             raise
         except ValueError as error:
-            raise ToolGrammarError(f"response_format schema: {error}", "response_format.json_schema.schema") from error
+            message = str(error).replace("pass strict=False", 'set "strict": false in response_format.json_schema')
+            raise ToolGrammarError(f"response_format schema: {message}", "response_format.json_schema.schema") from error
         raise ToolGrammarError(f"response_format.type must be 'text', 'json_object' or 'json_schema', got {kind!r}", "response_format.type")
 
 

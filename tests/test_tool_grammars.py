@@ -284,3 +284,20 @@ def test_logits_processor_constrains_generate_on_a_random_model(compilers, vocab
             check_turn(text, GENERIC, [WEATHER, TIME], "required", False, None)
         else:  # cut by max_new_tokens: a prefix the grammar still allows
             assert text.startswith("<tool_call>")
+
+
+def test_a_trailing_newline_may_end_the_turn(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
+    # SmolLM2 writes a newline after </tool_call> and then stops; that newline must not force another call.
+    matcher = TurnMatcher(compilers["generic"].compile_turn([WEATHER, TIME], "required"))
+    for token in smollm2_tokenizer.encode(GENERIC.render_calls([ToolCall("get_time", {})]) + "\n", add_special_tokens=False):
+        assert matcher.accept_token(token)
+    assert matcher.is_accepting()
+    assert matcher.accept_token(vocabulary.eos_token_ids[0])
+    text = GENERIC.render_calls([ToolCall("get_time", {})]) + "\n"
+    assert GENERIC.parse_tool_calls(text)[1] == [ToolCall("get_time", {})]
+
+
+def test_unsupported_keyword_error_tells_http_users_what_to_set(compilers) -> None:
+    tool = {"type": "function", "function": {"name": "f", "strict": True, "parameters": {"type": "array", "uniqueItems": True}}}
+    with pytest.raises(ToolGrammarError, match='set "strict": false on the tool'):
+        compilers["hermes"].compile_turn([tool], "auto")
