@@ -1,0 +1,157 @@
+"""BFCL function-calling evaluation against any OpenAI-compatible server (ours, vLLM, llama.cpp's, ...).
+
+Sends the BFCL cases in ../shared/data/bfcl through the official `openai` client and reports, per category:
+HTTP errors, calls present, arguments that parse, a name that was offered, arguments valid under the tool's
+schema, AST accuracy (BFCL's rules, `bfcl_checker.py`), latency p50/p90 and completion tokens.
+
+Usage:
+  .venv/bin/python benchmarks/bfcl.py --base-url http://127.0.0.1:8000/v1 [--api-key K]
+      [--categories simple,multiple,irrelevance] [--tool-choice auto|required] [--limit N]
+      [--unconstrained]   # strictcall only: `"strictcall": {"constrained": false}` for the A/B comparison
+Results: a Markdown table on stdout and a JSON file (--out, default .bench/bfcl-<label>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bfcl_checker import check_case  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bfcl"
+
+
+def load_cases(category: str, limit: int) -> list[dict[str, Any]]:
+    with open(DATA / f"{category}.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    return records[:limit] if limit else records
+
+
+def run_case(client: Any, model: str, record: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """One request; the calls, what they are worth, and what the request cost."""
+    request: dict[str, Any] = {"model": model, "messages": record["messages"], "temperature": args.temperature, "max_tokens": args.max_tokens}
+    if record["tools"]:
+        request["tools"] = record["tools"]
+        request["tool_choice"] = args.tool_choice
+    if args.unconstrained:
+        request["extra_body"] = {"strictcall": {"constrained": False}}
+    started = time.perf_counter()
+    try:
+        response = client.chat.completions.create(**request)
+    except Exception as error:  # an HTTP or protocol error is a result here, not a crash
+        return {"id": record["id"], "http_error": f"{type(error).__name__}: {error}"[:300]}
+    latency = time.perf_counter() - started
+    message = response.choices[0].message
+    offered = {t["function"]["name"]: t["function"].get("parameters", {}) for t in record["tools"]}
+    calls, parsed = [], []
+    for call in message.tool_calls or []:
+        entry = {"name": call.function.name, "arguments": call.function.arguments, "parses": False, "offered": call.function.name in offered, "valid": False}
+        try:
+            arguments = json.loads(call.function.arguments)
+            entry["parses"] = True
+            parsed.append((call.function.name, arguments))
+            if entry["offered"]:
+                validator = jsonschema.Draft202012Validator(offered[call.function.name], format_checker=jsonschema.FormatChecker())
+                entry["valid"] = validator.is_valid(arguments)
+        except json.JSONDecodeError:
+            pass
+        calls.append(entry)
+    all_parse = len(parsed) == len(calls)
+    ast = check_case(record, parsed) if all_parse else None
+    return {
+        "id": record["id"],
+        "latency_s": latency,
+        "completion_tokens": response.usage.completion_tokens if response.usage else None,
+        "finish_reason": response.choices[0].finish_reason,
+        "content": message.content,
+        "calls": calls,
+        "ast_valid": bool(ast and ast.valid),
+        "ast_error": None if ast is None else ast.error,
+    }
+
+
+def summarize(category: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    answered = [r for r in results if "http_error" not in r]
+    with_calls = [r for r in answered if r["calls"]]
+    calls = [c for r in answered for c in r["calls"]]
+    latencies = sorted(r["latency_s"] for r in answered)
+
+    def share(part: int, whole: int) -> float | None:
+        return part / whole if whole else None
+
+    return {
+        "category": category,
+        "cases": len(results),
+        "http_errors": len(results) - len(answered),
+        "with_calls": share(len(with_calls), len(answered)),
+        "calls": len(calls),
+        "parse": share(sum(c["parses"] for c in calls), len(calls)),
+        "offered": share(sum(c["offered"] for c in calls), len(calls)),
+        "schema_valid": share(sum(c["valid"] for c in calls), len(calls)),
+        "ast_accuracy": share(sum(r["ast_valid"] for r in answered), len(results)),
+        "latency_p50_s": statistics.median(latencies) if latencies else None,
+        "latency_p90_s": latencies[int(0.9 * (len(latencies) - 1))] if latencies else None,
+        "completion_tokens_mean": statistics.mean(r["completion_tokens"] or 0 for r in answered) if answered else None,
+    }
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--api-key", default="none")
+    parser.add_argument("--model", default=None, help="default: the server's first model")
+    parser.add_argument("--categories", default="simple,multiple,irrelevance")
+    parser.add_argument("--tool-choice", default="auto", choices=["auto", "required"])
+    parser.add_argument("--limit", type=int, default=100, help="cases per category (0: all)")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--unconstrained", action="store_true", help="strictcall's A/B switch: no grammar for these requests")
+    parser.add_argument("--label", default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=args.base_url, api_key=args.api_key, timeout=600, max_retries=0)
+    model = args.model or client.models.list().data[0].id
+    label = args.label or f"{model}-{args.tool_choice}{'-unconstrained' if args.unconstrained else ''}"
+    summaries, details = [], {}
+    started = time.perf_counter()
+    for category in args.categories.split(","):
+        cases = load_cases(category, args.limit)
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            results = list(pool.map(lambda r: run_case(client, model, r, args), cases))
+        summaries.append(summarize(category, results))
+        details[category] = results
+    elapsed = time.perf_counter() - started
+
+    print(f"\n{label}: tool_choice={args.tool_choice}, temperature={args.temperature}, {elapsed:.0f} s")
+    print("| category | cases | HTTP errors | with calls | calls parse | name offered | schema-valid | AST accuracy | latency p50 / p90 | completion tokens |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for s in summaries:
+        latency = "-" if s["latency_p50_s"] is None else f"{s['latency_p50_s']:.2f} / {s['latency_p90_s']:.2f} s"
+        tokens = "-" if s["completion_tokens_mean"] is None else f"{s['completion_tokens_mean']:.0f}"
+        print(f"| {s['category']} | {s['cases']} | {s['http_errors']} | {percent(s['with_calls'])} | {percent(s['parse'])} | "
+              f"{percent(s['offered'])} | {percent(s['schema_valid'])} | {percent(s['ast_accuracy'])} | {latency} | {tokens} |")
+    out = Path(args.out or f".bench/bfcl-{label.replace('/', '_')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"label": label, "args": vars(args), "summaries": summaries, "results": details}, indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
