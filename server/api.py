@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from strictcall.grammars.compiler import CompiledGrammar, GrammarCompiler
+from strictcall.grammars.disk_cache import DiskCache
 from strictcall.grammars.formats import ToolCallFormat, detect_format, get_format
 from strictcall.grammars.regex import escape
 from strictcall.grammars.tools import ToolChoice, ToolGrammarCompiler, ToolGrammarError, TurnGrammar
@@ -275,7 +276,7 @@ class ServingState:
 
 def load_serving_state(config: ServerConfig) -> ServingState:
     """Load the model, build the vocabulary, compilers and engine, start the engine and warm it up."""
-    from strictcall.server.model_runner import ModelRunner, RunnerConfig, load_model
+    from strictcall.server.model_runner import ModelRunner, RunnerConfig, grammar_cache_dir, load_model
 
     started = time.perf_counter()
     runner_config = RunnerConfig(model=config.model, device=config.device, dtype=config.dtype,
@@ -287,7 +288,7 @@ def load_serving_state(config: ServerConfig) -> ServingState:
     fmt = get_format(config.tool_format) if config.tool_format else detect_format(getattr(tokenizer, "chat_template", None))
     logger.info("building the vocabulary and the engine (tool-call format: %s)", fmt.name)
     vocabulary = Vocabulary.from_tokenizer(tokenizer, vocab_size=model.config.vocab_size, text_special_tokens=fmt.special_tokens)
-    compiler = GrammarCompiler(vocabulary)
+    compiler = GrammarCompiler(vocabulary, disk_cache=DiskCache(grammar_cache_dir()))
     runner = ModelRunner(model, config.max_batch_size, config.max_model_len)
     engine = Engine(runner, vocabulary, tokenizer, EngineConfig(prefill_chunk_tokens=config.prefill_chunk_tokens,
                                                                 max_waiting=config.max_waiting, jump_forward=config.jump_forward))

@@ -1,4 +1,5 @@
-"""The `strictcall` command: `strictcall serve` starts the OpenAI-compatible server.
+"""The `strictcall` command: `strictcall serve` starts the OpenAI-compatible server; `strictcall compile`
+precompiles a tool set into the grammar disk cache.
 
 Invariant: the server is started with `uvicorn.run(app)` from this console script, never through the bare
 `uvicorn` CLI or `python -m`, so the repository root is never on `sys.path` (a bare `import kernels` would
@@ -56,7 +57,51 @@ def build_parser() -> argparse.ArgumentParser:
     add("--compile-timeout-s", type=float, help="longest a request waits for its grammars to compile (default 10)")
     add("--max-n", type=int, help="most choices per request (default 16)")
     add("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="log level (default info)")
+
+    compile_ = commands.add_parser(
+        "compile", help="precompile a tool set into the grammar disk cache",
+        description="Compile each tool's call grammar, compute the token masks of up to --max-states automaton states, and "
+                    "store them under $STRICTCALL_CACHE_DIR/grammars (default ~/.cache/strictcall/grammars), where "
+                    "`strictcall serve` finds them: the first request with these tools then pays no mask computation.",
+    )
+    compile_.add_argument("tools_file", help="a JSON file with an OpenAI `tools` list (or an object with a `tools` key)")
+    compile_.add_argument("--model", help="the model whose tokenizer the masks are for (default: SmolLM2-135M-Instruct)")
+    compile_.add_argument("--tool-format", choices=sorted(FORMATS), help="tool-call syntax (default: detected from the chat template)")
+    compile_.add_argument("--max-states", type=int, default=2000, help="states whose masks are computed per tool (default 2000)")
     return parser
+
+
+def compile_tools(args: argparse.Namespace) -> int:
+    """`strictcall compile`: warm each tool's grammar and store it in the disk cache."""
+    import json
+    import time
+
+    from strictcall.grammars.compiler import GrammarCompiler
+    from strictcall.grammars.disk_cache import DiskCache
+    from strictcall.grammars.formats import detect_format, get_format
+    from strictcall.grammars.tools import ToolGrammarCompiler, ToolGrammarError
+    from strictcall.grammars.vocabulary import Vocabulary
+    from strictcall.server.model_runner import RunnerConfig, grammar_cache_dir, load_model
+
+    with open(args.tools_file) as f:
+        data = json.load(f)
+    tools = data["tools"] if isinstance(data, dict) else data
+    model, tokenizer = load_model(RunnerConfig(model=args.model, device="cpu"))
+    fmt = get_format(args.tool_format) if args.tool_format else detect_format(getattr(tokenizer, "chat_template", None))
+    vocabulary = Vocabulary.from_tokenizer(tokenizer, vocab_size=model.config.vocab_size, text_special_tokens=fmt.special_tokens)
+    cache = DiskCache(grammar_cache_dir())
+    compiler = GrammarCompiler(vocabulary, disk_cache=cache)
+    try:
+        turn = ToolGrammarCompiler(compiler, fmt).compile_turn(tools, "required")
+    except ToolGrammarError as error:
+        print(f"strictcall compile: {error.param}: {error}", file=sys.stderr)
+        return 1
+    for name, grammar in turn.calls.items():
+        started = time.perf_counter()
+        num_states = grammar.warm_up(args.max_states)
+        path = cache.store(grammar, compiler.limits)
+        print(f"{name}: {num_states} states warmed in {time.perf_counter() - started:.2f} s -> {path}")
+    return 0
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -118,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "compile":
+        logging.basicConfig(level="WARNING")
+        return compile_tools(args)
     try:
         config = config_from_args(args)
     except ValueError as error:

@@ -75,6 +75,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("STRICTCALL_CACHE_DIR", Path.home() / ".cache" / "strictcall"))
 
 
+def grammar_cache_dir() -> Path:
+    """Where `strictcall compile` leaves warmed grammars for the server to load."""
+    return default_cache_dir() / "grammars"
+
+
 def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
