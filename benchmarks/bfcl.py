@@ -42,6 +42,9 @@ def run_case(client: Any, model: str, record: dict[str, Any], args: argparse.Nam
     if record["tools"]:
         request["tools"] = record["tools"]
         request["tool_choice"] = args.tool_choice
+        if args.parallel_tool_calls != "default":
+            # BFCL's single-turn categories here expect at most one call: say so, as a client would.
+            request["parallel_tool_calls"] = args.parallel_tool_calls == "true" or "parallel" in record["category"]
     if args.unconstrained:
         request["extra_body"] = {"strictcall": {"constrained": False}}
     started = time.perf_counter()
@@ -119,6 +122,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--parallel-tool-calls", default="per-category", choices=["per-category", "true", "default"],
+                        help="per-category: false for the single-call categories (simple, multiple, irrelevance); "
+                             "default: do not send the field")
     parser.add_argument("--unconstrained", action="store_true", help="strictcall's A/B switch: no grammar for these requests")
     parser.add_argument("--label", default=None)
     parser.add_argument("--out", default=None)
@@ -139,7 +145,8 @@ def main() -> None:
         details[category] = results
     elapsed = time.perf_counter() - started
 
-    print(f"\n{label}: tool_choice={args.tool_choice}, temperature={args.temperature}, {elapsed:.0f} s")
+    print(f"\n{label}: tool_choice={args.tool_choice}, parallel_tool_calls={args.parallel_tool_calls}, "
+          f"temperature={args.temperature}, max_tokens={args.max_tokens}, {elapsed:.0f} s")
     print("| category | cases | HTTP errors | with calls | calls parse | name offered | schema-valid | AST accuracy | latency p50 / p90 | completion tokens |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in summaries:

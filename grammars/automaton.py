@@ -28,8 +28,9 @@ UNEXPANDED = -2
 DEFAULT_MAX_NFA_STATES = 2_000_000
 # Counted repeats with more copies than this are unrolled lazily (see `Nfa`).
 _EAGER_COPIES = 16
-# 20,000 states x 256 x 4 bytes = 20 MB of transition table at most per grammar.
-DEFAULT_MAX_DFA_STATES = 20_000
+# 50,000 states x 256 x 4 bytes = 51 MB of transition table at most per grammar (counted repeats, e.g. maxItems
+# x maxLength, need one state per position reached; JSONSchemaBench Github_easy/o9925 passed 20,000).
+DEFAULT_MAX_DFA_STATES = 50_000
 _MAX_FORCED_BYTES = 4096
 
 
