@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-DATA_DIR = Path("/work/shared/data")
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the repository
 BFCL_CATEGORIES = ("simple", "multiple")
 JSB_SUBSETS = ("Github_easy", "Glaiveai2K", "Kubernetes")
 

@@ -29,7 +29,7 @@ from strictcall.grammars.json_schema import (
 )
 from strictcall.grammars.regex import Alternation, CharClass, Concat, Node, parse_regex
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the repository
 NUM_BENCH_SAMPLE = 300
 
 # name, schema, instances that must match, instances that must not.
