@@ -1019,10 +1019,13 @@ def _chat_response(serving: ServingState, plan: _Plan, results: list[_Result], m
         parser = _new_parser(serving, plan)
         parser.feed(r.text)
         parser.finish()
-        message: dict[str, Any] = {"role": "assistant", "content": parser.content if parser.content or not parser.calls else None, "refusal": None}
-        if parser.calls:
-            message["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in parser.calls]
-            metrics.tool_calls.inc(len(parser.calls), constrained=str(plan.constrained).lower())
+        # Only complete calls: a call that max_tokens cut short is not a call a client can execute (the
+        # finish_reason says `length`). A stream has sent its fragments already; its finish chunk says `length`.
+        calls = [c for c in parser.calls if c.is_complete]
+        message: dict[str, Any] = {"role": "assistant", "content": parser.content if parser.content or not calls else None, "refusal": None}
+        if calls:
+            message["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+            metrics.tool_calls.inc(len(calls), constrained=str(plan.constrained).lower())
         logprobs = {"content": _chat_logprobs(serving, r.logprobs or []), "refusal": None} if plan.logprobs else None
         choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": _chat_finish_reason(r.finish_reason, parser)})
     return {"id": meta.id, "object": "chat.completion", "created": meta.created, "model": meta.model, "system_fingerprint": None,
