@@ -8,7 +8,11 @@ the last one finishes), and model forward passes per tool call with and without 
 The prompts are BFCL questions with their tools described in the system message (the `generic` format, as the
 server does for SmolLM2); (c) and (d) force exactly one call (`tool_choice: required`, no parallel calls).
 
-Usage: .venv/bin/python benchmarks/engine.py [--requests 16] [--max-tokens 96] [--concurrency 1,4,16]
+On 2 CPU cores the default prompts (~285 tokens: the tools description) make the run prefill-bound: 16 prompts
+are 4,560 prompt tokens for ~1,500 output tokens, and a 135M model computes ~330 tokens/s in total here.
+`--short-prompts` gives the decode-bound picture.
+
+Usage: .venv/bin/python benchmarks/engine.py [--requests 16] [--max-tokens 96] [--concurrency 1,4,16] [--short-prompts]
 """
 
 from __future__ import annotations
@@ -40,10 +44,19 @@ def bfcl_cases(count: int) -> list[dict]:
         return [json.loads(line) for line in f][:count]
 
 
-def render_prompt(tokenizer, case: dict) -> list[int]:
-    messages = [{"role": "system", "content": GENERIC.render_tools_prompt(case["tools"])}] + case["messages"]
+def render_prompt(tokenizer, case: dict, with_tools: bool = True) -> list[int]:
+    system = [{"role": "system", "content": GENERIC.render_tools_prompt(case["tools"])}] if with_tools else []
+    messages = system + case["messages"]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     return ids if isinstance(ids, list) else ids["input_ids"]
+
+
+def count_calls(text: str) -> int:
+    """Complete calls in a turn (a turn cut by max_tokens has none that count)."""
+    try:
+        return len(GENERIC.parse_tool_calls(text)[1])
+    except ValueError:
+        return 0
 
 
 def hf_one_at_a_time(model, prompts: list[list[int]], max_tokens: int, eos: list[int]) -> tuple[float, int]:
@@ -91,6 +104,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--short-prompts", action="store_true",
+                        help="the user question only (~40 tokens, no tools description): decode-bound instead of prefill-bound")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -98,7 +113,7 @@ def main() -> None:
     vocabulary = Vocabulary.from_tokenizer(tokenizer)
     eos = list(vocabulary.eos_token_ids)
     cases = bfcl_cases(args.requests)
-    prompts = [render_prompt(tokenizer, c) for c in cases]
+    prompts = [render_prompt(tokenizer, c, with_tools=not args.short_prompts) for c in cases]
     tool_compiler = ToolGrammarCompiler(GrammarCompiler(vocabulary), GENERIC)
     turns = [tool_compiler.compile_turn(c["tools"], "required", parallel_tool_calls=False) for c in cases]
     print(f"SmolLM2-135M-Instruct {args.dtype}, {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
@@ -122,7 +137,7 @@ def main() -> None:
             engine.shutdown()
             sampled = (engine.stats.num_generated_tokens - stats_before[0]) - (engine.stats.num_jump_forward_tokens - stats_before[1])
             if grammar:
-                num_calls = sum(len(GENERIC.parse_tool_calls(t)[1]) for t in texts)
+                num_calls = sum(count_calls(t) for t in texts)
                 passes[(label, concurrency)] = sampled / max(num_calls, 1)
             rows.append((label, concurrency, tokens / seconds, tokens))
 
