@@ -9,6 +9,7 @@ only the tokens whose first byte is allowed (tokens are sorted by bytes, so thos
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -113,3 +114,15 @@ def unpack_token_bitmask(row: np.ndarray, vocab_size: int) -> np.ndarray:
     """One bitmask row -> the allowed token ids (for tests and debugging)."""
     bits = np.unpackbits(np.ascontiguousarray(row, dtype="<i4").view(np.uint8), bitorder="little")
     return np.flatnonzero(bits[:vocab_size])
+
+
+def write_bitmask_row(bitmask: Any, index: int, row: np.ndarray) -> None:
+    """Copy one packed row into row `index` of a numpy array or a torch tensor (CPU: in place; GPU: async copy)."""
+    if isinstance(bitmask, np.ndarray):
+        bitmask[index] = row
+    elif bitmask.device.type == "cpu":
+        bitmask[index].numpy()[:] = row
+    else:
+        import torch  # only for device tensors: the grammar package itself does not need torch
+
+        bitmask[index].copy_(torch.from_numpy(row.copy()), non_blocking=True)

@@ -13,6 +13,7 @@ import numpy as np
 
 from strictcall.grammars.automaton import DEAD
 from strictcall.grammars.compiler import CompiledGrammar
+from strictcall.grammars.masks import write_bitmask_row
 
 _TERMINATED = -3
 
@@ -90,16 +91,7 @@ class GrammarMatcher:
             bitmask: a numpy array or a torch tensor (CPU or GPU) of int32 words.
             index: the batch row to fill.
         """
-        row = self.next_token_bitmask()
-        if isinstance(bitmask, np.ndarray):
-            bitmask[index] = row
-            return
-        if bitmask.device.type == "cpu":
-            bitmask[index].numpy()[:] = row
-            return
-        import torch  # only for device tensors: the grammar package itself does not need torch
-
-        bitmask[index].copy_(torch.from_numpy(row.copy()), non_blocking=True)
+        write_bitmask_row(bitmask, index, self.next_token_bitmask())
 
     def forced_bytes(self) -> bytes:
         """The bytes every continuation must start with (jump-forward); empty where there is a choice."""

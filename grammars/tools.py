@@ -29,7 +29,7 @@ from strictcall.grammars.automaton import DEAD, paused_gc
 from strictcall.grammars.compiler import CompiledGrammar, GrammarCompiler
 from strictcall.grammars.formats import ToolCallFormat
 from strictcall.grammars.json_schema import UnsupportedSchemaError, json_schema_to_regex
-from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask
+from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask, write_bitmask_row
 from strictcall.grammars.regex import escape
 from strictcall.grammars.vocabulary import Vocabulary
 
@@ -443,15 +443,7 @@ class TurnMatcher:
 
     def fill_next_token_bitmask(self, bitmask: Any, index: int = 0) -> None:
         """Write the allowed tokens into row `index` of a `(batch, ceil(V/32))` int32 bitmask."""
-        row = self.next_token_bitmask()
-        if isinstance(bitmask, np.ndarray):
-            bitmask[index] = row
-        elif bitmask.device.type == "cpu":
-            bitmask[index].numpy()[:] = row
-        else:
-            import torch
-
-            bitmask[index].copy_(torch.from_numpy(row.copy()), non_blocking=True)
+        write_bitmask_row(bitmask, index, self.next_token_bitmask())
 
     def forced_bytes(self) -> bytes:
         return b"" if self._terminated else self.turn.forced_bytes(self.configs)
