@@ -301,3 +301,20 @@ def test_unsupported_keyword_error_tells_http_users_what_to_set(compilers) -> No
     tool = {"type": "function", "function": {"name": "f", "strict": True, "parameters": {"type": "array", "uniqueItems": True}}}
     with pytest.raises(ToolGrammarError, match='set "strict": false on the tool'):
         compilers["hermes"].compile_turn([tool], "auto")
+
+
+def test_every_bfcl_tool_set_gives_valid_turns(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
+    """One random turn per BFCL tool set (all of them), cycling through format x tool_choice x parallel."""
+    combos = [(f, m, p) for f in sorted(FORMATS) for m in ("required", "named") for p in (True, False)]
+    num_finished = 0
+    for i, tools in enumerate(bfcl_tool_sets(10_000)):
+        format_name, mode, parallel = combos[i % len(combos)]
+        rng = np.random.default_rng(1000 + i)
+        named = tools[int(rng.integers(len(tools)))]["function"]["name"] if mode == "named" else None
+        choice = {"type": "function", "function": {"name": named}} if named else mode
+        matcher = TurnMatcher(compilers[format_name].compile_turn(tools, choice, parallel))
+        text = bytearray()
+        if random_turn(matcher, vocabulary, rng, text, max_steps=250):
+            check_turn(text.decode("utf-8"), FORMATS[format_name], tools, mode, parallel, named)
+            num_finished += 1
+    assert num_finished >= 500
