@@ -427,37 +427,29 @@ def create_app(config: ServerConfig | None = None, loader: Callable[[ServerConfi
         check_model(name)
         return JSONResponse({"id": name, "object": "model", "created": holder["started"], "owned_by": "strictcall"})
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
+    async def generate(request: Request, request_type: type, plan_fn: Any, id_prefix: str, stream_fn: Any, response_fn: Any) -> Response:
+        """Shared by both generation routes: parse, plan (grammars compiled), run, then stream or answer."""
         arrival = time.perf_counter()
         body = await _read_json(request, config.max_body_bytes)
-        req = _parse(ChatCompletionRequest, body)
+        req = _parse(request_type, body)
         model_name = check_model(req.model)
         serving = ready()
-        plan = await _plan_chat(serving, config, metrics, req)
+        plan = await plan_fn(serving, config, metrics, req)
         batch = _Batch(serving.engine, plan.requests, metrics, arrival)
-        meta = _Meta(random_id("chatcmpl-"), int(time.time()), model_name)
+        meta = _Meta(random_id(id_prefix), int(time.time()), model_name)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _SSEResponse(_chat_stream(serving, plan, batch, meta, include_usage, metrics), on_close=batch.abort)
+            return _SSEResponse(stream_fn(serving, plan, batch, meta, include_usage, metrics), on_close=batch.abort)
         results = await _until_disconnect(request, _collect(batch, len(plan.requests)), batch)
-        return JSONResponse(_chat_response(serving, plan, results, meta, metrics))
+        return JSONResponse(response_fn(serving, plan, results, meta, metrics))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await generate(request, ChatCompletionRequest, _plan_chat, "chatcmpl-", _chat_stream, _chat_response)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        arrival = time.perf_counter()
-        body = await _read_json(request, config.max_body_bytes)
-        req = _parse(CompletionRequest, body)
-        model_name = check_model(req.model)
-        serving = ready()
-        plan = await _plan_completion(serving, config, metrics, req)
-        batch = _Batch(serving.engine, plan.requests, metrics, arrival)
-        meta = _Meta(random_id("cmpl-"), int(time.time()), model_name)
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _SSEResponse(_completion_stream(serving, plan, batch, meta, include_usage, metrics), on_close=batch.abort)
-        results = await _until_disconnect(request, _collect(batch, len(plan.requests)), batch)
-        return JSONResponse(_completion_response(serving, plan, results, meta, metrics))
+        return await generate(request, CompletionRequest, _plan_completion, "cmpl-", _completion_stream, _completion_response)
 
     # Pure ASGI layers (added last = outermost): request counting around everything, then CORS, then the key.
     if config.api_key:
