@@ -5,6 +5,11 @@
 Aggregate tokens/s at 1, 4 and 16 concurrent requests (closed loop: each client sends its next request when
 the last one finishes), and model forward passes per tool call with and without jump-forward.
 
+(b) and (c) do different work: a tool call ends after ~30-80 tokens, free text runs to max_tokens, so at 16
+clients (c)'s batch thins out sooner. (b=) is (b) with each request held to exactly (c)'s output length
+(`min_tokens = max_tokens`), so (c) / (b=) is the cost of the grammar alone, and the last column is the
+engine thread's own measure of it (time in bitmasks, accepting tokens and forced text, over that plus forwards).
+
 The prompts are BFCL questions with their tools described in the system message (the `generic` format, as the
 server does for SmolLM2); (c) and (d) force exactly one call (`tool_choice: required`, no parallel calls).
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import platform
 import statistics
@@ -37,6 +43,30 @@ from strictcall.server.model_runner import ModelRunner, RunnerConfig, load_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bfcl" / "simple.jsonl"
 GREEDY = SamplingParams(temperature=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    key: str
+    label: str
+    grammar: bool
+    jump_forward: bool
+    same_lengths_as_c: bool = False  # min_tokens = max_tokens = (c)'s length per request: the same work as (c)
+
+
+SETUPS = (
+    Setup("b", "(b) engine, unconstrained", grammar=False, jump_forward=False),
+    Setup("c", "(c) engine + tool grammars", grammar=True, jump_forward=False),
+    Setup("b=", "(b=) unconstrained, (c)'s output lengths", grammar=False, jump_forward=False, same_lengths_as_c=True),
+    Setup("d", "(d) (c) + jump-forward", grammar=True, jump_forward=True),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    rate: float  # output tokens/s, all clients together
+    passes: float | None  # model forward passes (sampled tokens) per complete tool call
+    grammar_share: float  # grammar work / (grammar work + forwards), engine thread time
 
 
 def bfcl_cases(count: int) -> list[dict]:
@@ -71,9 +101,10 @@ def hf_one_at_a_time(model, prompts: list[list[int]], max_tokens: int, eos: list
     return time.perf_counter() - start, tokens
 
 
-def run_engine(engine: Engine, requests: list[EngineRequest], concurrency: int) -> tuple[float, int, list[str]]:
-    """Closed loop with `concurrency` clients; returns (seconds, output tokens, texts)."""
+def run_engine(engine: Engine, requests: list[EngineRequest], concurrency: int) -> tuple[float, int, list[str], list[int]]:
+    """Closed loop with `concurrency` clients; returns (seconds, output tokens, texts, output tokens per request)."""
     texts: dict[str, str] = {}
+    lengths: dict[str, int] = {}
 
     async def client(queue: asyncio.Queue) -> int:
         tokens = 0
@@ -84,6 +115,7 @@ def run_engine(engine: Engine, requests: list[EngineRequest], concurrency: int) 
                 parts.append(event.text)
                 if event.finish_reason:
                     tokens += event.num_output_tokens
+                    lengths[request.request_id] = event.num_output_tokens
             texts[request.request_id] = "".join(parts)
         return tokens
 
@@ -95,7 +127,7 @@ def run_engine(engine: Engine, requests: list[EngineRequest], concurrency: int) 
 
     start = time.perf_counter()
     tokens = asyncio.run(main())
-    return time.perf_counter() - start, tokens, [texts[r.request_id] for r in requests]
+    return time.perf_counter() - start, tokens, [texts[r.request_id] for r in requests], [lengths[r.request_id] for r in requests]
 
 
 def main() -> None:
@@ -121,41 +153,51 @@ def main() -> None:
 
     hf_seconds, hf_tokens = hf_one_at_a_time(model, prompts[: max(2, len(prompts) // 4)], args.max_tokens, eos)
     hf_rate = hf_tokens / hf_seconds
-    rows = []
-    passes = {}
-    for label, grammar, jump in (("(b) engine, unconstrained", False, False), ("(c) engine + tool grammars", True, False),
-                                 ("(d) (c) + jump-forward", True, True)):
+    results: dict[tuple[str, int], Result] = {}
+    call_lengths: dict[int, list[int]] = {}  # (c)'s output tokens per request, for (b=)
+    for setup in SETUPS:
         for concurrency in levels:
-            engine = Engine(ModelRunner(model, max(levels), 2048), vocabulary, tokenizer, EngineConfig(jump_forward=jump))
+            engine = Engine(ModelRunner(model, max(levels), 2048), vocabulary, tokenizer, EngineConfig(jump_forward=setup.jump_forward))
             engine.start()
-            requests = [EngineRequest(f"{label}-{concurrency}-{i}", p, GREEDY, args.max_tokens, grammar=t if grammar else None)
-                        for i, (p, t) in enumerate(zip(prompts, turns))]
-            # A warm-up request: first-visit masks, the mask kernel's build; not timed.
+            requests = []
+            for i, (prompt, turn) in enumerate(zip(prompts, turns)):
+                budget = call_lengths[concurrency][i] if setup.same_lengths_as_c else args.max_tokens
+                requests.append(EngineRequest(f"{setup.key}-{concurrency}-{i}", prompt, GREEDY, budget,
+                                              min_tokens=budget if setup.same_lengths_as_c else 0, grammar=turn if setup.grammar else None))
+            # A warm-up request (the mask kernel's build, request 0's first-visit masks); not timed. The other
+            # tool sets are met for the first time in the timed run: their masks are computed there.
             run_engine(engine, requests[:1], 1)
-            stats_before = (engine.stats.num_generated_tokens, engine.stats.num_jump_forward_tokens)
-            seconds, tokens, texts = run_engine(engine, requests, concurrency)
+            before = dataclasses.replace(engine.stats)
+            seconds, tokens, texts, lengths = run_engine(engine, requests, concurrency)
             engine.shutdown()
-            sampled = (engine.stats.num_generated_tokens - stats_before[0]) - (engine.stats.num_jump_forward_tokens - stats_before[1])
-            if grammar:
-                num_calls = sum(count_calls(t) for t in texts)
-                passes[(label, concurrency)] = sampled / max(num_calls, 1)
-            rows.append((label, concurrency, tokens / seconds, tokens))
+            after = engine.stats
+            sampled = (after.num_generated_tokens - before.num_generated_tokens) - (after.num_jump_forward_tokens - before.num_jump_forward_tokens)
+            grammar_s = after.grammar_seconds - before.grammar_seconds
+            forward_s = after.forward_seconds - before.forward_seconds
+            passes = sampled / max(sum(count_calls(t) for t in texts), 1) if setup.grammar else None
+            if setup.key == "c":
+                call_lengths[concurrency] = lengths
+            results[(setup.key, concurrency)] = Result(tokens / seconds, passes, grammar_s / (grammar_s + forward_s))
 
     print()
-    print("| setup | concurrency | tokens/s | vs (a) | vs (b) same concurrency |")
-    print("|---|---:|---:|---:|---:|")
-    print(f"| (a) HF generate, one at a time | any | {hf_rate:.1f} | 1.00 | |")
-    base = {c: r for label, c, r, _ in rows if label.startswith("(b)")}
-    for label, concurrency, rate, _ in rows:
-        print(f"| {label} | {concurrency} | {rate:.1f} | {rate / hf_rate:.2f} | {rate / base[concurrency]:.2f} |")
+    print("| setup | concurrency | tokens/s | vs (a) | vs (b) | vs (b=) | grammar share of engine time |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| (a) HF generate, one at a time | any | {hf_rate:.1f} | 1.00 | | | |")
+    for setup in SETUPS:
+        for concurrency in levels:
+            result = results[(setup.key, concurrency)]
+            vs_b = result.rate / results[("b", concurrency)].rate
+            vs_same = f"{result.rate / results[('b=', concurrency)].rate:.2f}" if setup.grammar else ""
+            print(f"| {setup.label} | {concurrency} | {result.rate:.1f} | {result.rate / hf_rate:.2f} | {vs_b:.2f} | {vs_same} | "
+                  f"{result.grammar_share:.1%} |")
     print()
     print("| forward passes per tool call | " + " | ".join(f"concurrency {c}" for c in levels) + " |")
     print("|---|" + "---:|" * len(levels))
-    for label in ("(c) engine + tool grammars", "(d) (c) + jump-forward"):
-        print(f"| {label} | " + " | ".join(f"{passes[(label, c)]:.1f}" for c in levels) + " |")
-    saved = [1 - passes[("(d) (c) + jump-forward", c)] / passes[("(c) engine + tool grammars", c)] for c in levels]
+    for key in ("c", "d"):
+        label = next(s.label for s in SETUPS if s.key == key)
+        print(f"| {label} | " + " | ".join(f"{results[(key, c)].passes:.1f}" for c in levels) + " |")
+    saved = [1 - results[("d", c)].passes / results[("c", c)].passes for c in levels]
     print(f"\njump-forward saves {statistics.median(saved):.0%} of forward passes per tool call (median over concurrency levels)")
-
 
 if __name__ == "__main__":
     main()

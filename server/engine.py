@@ -68,6 +68,7 @@ class EngineRequest:
     prompt_ids: list[int]
     sampling: SamplingParams = SamplingParams()
     max_tokens: int = 256
+    min_tokens: int = 0  # end-of-sequence tokens are masked before this many (vLLM's); a grammar's end still ends
     stop: tuple[str, ...] = ()
     grammar: Grammar | None = None
     jump_forward: bool | None = None  # None: the engine's setting
@@ -115,6 +116,8 @@ class EngineStats:
     num_generated_tokens: int = 0
     num_jump_forward_tokens: int = 0
     num_prefix_cached_tokens: int = 0
+    forward_seconds: float = 0.0  # in model forwards (prefill and decode)
+    grammar_seconds: float = 0.0  # in grammar work: bitmasks, accepting tokens, forced text
     num_running: int = 0
     num_waiting: int = 0
     last_batch_size: int = 0
@@ -161,6 +164,7 @@ class Engine:
         self._aborted: set[str] = set()
         self._eos = frozenset(vocabulary.eos_token_ids)
         self._eos_mask = pack_token_bitmask(np.array(vocabulary.eos_token_ids, dtype=np.int64), vocabulary.num_words)
+        self._eos_ids = torch.tensor(sorted(self._eos), dtype=torch.long)
         self._waiting_lock = threading.Lock()
         self._bitmask = allocate_token_bitmask(runner.max_batch_size, runner.vocab_size)
         self._thread: threading.Thread | None = None
@@ -196,6 +200,8 @@ class Engine:
             )
         if request.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {request.max_tokens}")
+        if not 0 <= request.min_tokens <= request.max_tokens:
+            raise ValueError(f"min_tokens must be between 0 and max_tokens ({request.max_tokens}), got {request.min_tokens}")
         with self._waiting_lock:
             if self.stats.num_waiting >= self.config.max_waiting + self.runner.max_batch_size:
                 raise EngineOverloadedError(f"{self.stats.num_waiting} requests are waiting; retry later")
@@ -317,12 +323,15 @@ class Engine:
     def _prefill_chunk(self, seq: _Sequence) -> None:
         prompt = seq.request.prompt_ids
         chunk = prompt[seq.num_computed : seq.num_computed + self.config.prefill_chunk_tokens]
+        started = time.perf_counter()
         try:
             logits = self.runner.forward([self._slot(seq)], [chunk], [seq.num_computed])
         except Exception as error:
             logger.exception("prefill failed")
             self._finish(seq, "error", f"prefill failed: {error}")
             return
+        finally:
+            self.stats.forward_seconds += time.perf_counter() - started
         self._slots.extend(self._slot(seq), chunk)
         seq.num_computed += len(chunk)
         self.stats.num_forward_tokens += len(chunk)
@@ -332,7 +341,11 @@ class Engine:
     def _decode(self, rows: list[_Sequence]) -> None:
         rows.sort(key=self._slot)
         inputs = [seq.tokens[seq.num_computed :] for seq in rows]
+        started = time.perf_counter()
+        # On CUDA this only queues the kernels: the bitmasks are filled on the CPU (in `_sample`) while the GPU
+        # computes, and the first read of the logits (applying the masks) waits for it.
         logits = self.runner.forward([self._slot(s) for s in rows], inputs, [s.num_computed for s in rows])
+        self.stats.forward_seconds += time.perf_counter() - started
         for seq, fed in zip(rows, inputs):
             self._slots.extend(self._slot(seq), fed)
             seq.num_computed += len(fed)
@@ -340,10 +353,17 @@ class Engine:
         self.stats.last_batch_size = len(rows)
         self._sample(rows, logits)
 
+    @torch.inference_mode()  # the logits are inference tensors (from the runner), changed in place here
     def _sample(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
+        started = time.perf_counter()
         constrained = [i for i, seq in enumerate(rows) if seq.matcher is not None]
         for i in constrained:
             rows[i].matcher.fill_next_token_bitmask(self._bitmask, i)  # type: ignore[union-attr]
+        if constrained:
+            self.stats.grammar_seconds += time.perf_counter() - started
+        early = [i for i, seq in enumerate(rows) if seq.matcher is None and len(seq.output_ids) < seq.request.min_tokens]
+        if early:
+            logits[torch.tensor(early, device=logits.device)[:, None], self._eos_ids.to(logits.device)] = float("-inf")
         if constrained:
             index = None if len(constrained) == len(rows) else torch.tensor(constrained, device=logits.device)
             apply_token_bitmask_inplace(logits, self._bitmask[: len(rows)].to(logits.device, non_blocking=True), indices=index)
@@ -368,6 +388,7 @@ class Engine:
         if token < 0:
             self._finish(seq, "error", "the grammar allowed no token here (a bug in strictcall: please report it)")
             return
+        started = time.perf_counter()
         if seq.matcher is not None and not seq.matcher.accept_token(token):
             self._finish(seq, "error", f"token {token} was sampled outside the grammar (a bug in strictcall: please report it)")
             return
@@ -379,6 +400,8 @@ class Engine:
             if seq.request.sampling.logprobs:
                 logprobs += [TokenLogprob(t, 0.0) for t in forced]
             self.stats.num_jump_forward_tokens += len(forced)
+        if seq.matcher is not None:
+            self.stats.grammar_seconds += time.perf_counter() - started
         self._emit(seq, new_tokens, logprobs)
 
     def _forced_tokens(self, seq: _Sequence, budget: int) -> list[int]:
@@ -440,7 +463,10 @@ class Engine:
 
     def _only_end_allowed(self, seq: _Sequence) -> bool:
         matcher = seq.matcher
-        return matcher is not None and matcher.is_accepting() and np.array_equal(matcher.next_token_bitmask(), self._eos_mask)
+        started = time.perf_counter()
+        only_end = matcher is not None and matcher.is_accepting() and np.array_equal(matcher.next_token_bitmask(), self._eos_mask)
+        self.stats.grammar_seconds += time.perf_counter() - started
+        return only_end
 
     def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
         if seq.finished:

@@ -193,6 +193,7 @@ class ModelRunner:
         # Row r, query t sees keys 0..position[r, t]; padded queries see key 0 only (never an empty row).
         mask = (keys_at[None, None, :] <= positions[:, :, None])[:, None].to(device)
         slot_t = torch.tensor(slots)
+        slots_on_device = slot_t.to(device)  # once, not per layer: a copy inside the loop would wait for the GPU
         write_rows, write_cols = valid.nonzero(as_tuple=True)
         write_slots, write_positions = slot_t[write_rows].to(device), positions[write_rows, write_cols].to(device)
         write_rows, write_cols = write_rows.to(device), write_cols.to(device)
@@ -221,8 +222,8 @@ class ModelRunner:
                 cached_k = layer_keys[slots[0] : slots[0] + num_rows, :, :num_keys]
                 cached_v = layer_values[slots[0] : slots[0] + num_rows, :, :num_keys]
             else:
-                cached_k = layer_keys[slot_t.to(device), :, :num_keys]
-                cached_v = layer_values[slot_t.to(device), :, :num_keys]
+                cached_k = layer_keys[slots_on_device, :, :num_keys]
+                cached_v = layer_values[slots_on_device, :, :num_keys]
             out = F.scaled_dot_product_attention(q, cached_k, cached_v, attn_mask=mask, scale=attention.scaling, enable_gqa=True)
             hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(num_rows, width, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))

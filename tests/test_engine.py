@@ -7,6 +7,7 @@ constrained output must be valid whatever the logits say.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 
 import jsonschema
@@ -125,6 +126,7 @@ def test_jump_forward_saves_model_steps_and_keeps_greedy_output_valid(tiny_model
         _, calls = GENERIC.parse_tool_calls(out)
         assert [c.name for c in calls] == ["get_time"] and calls[0].arguments["zone"] in ("UTC", "CET")
     assert steps[True] < 0.7 * steps[False]
+    assert engine.stats.grammar_seconds > 0
 
 
 def test_prefix_of_a_finished_request_is_reused(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
@@ -183,6 +185,24 @@ def test_bad_submissions_are_refused_up_front(tiny_model, smollm2_vocabulary, sm
         engine.submit(EngineRequest("x", [1] * 600), lambda e: None)
     with pytest.raises(ValueError, match="max_tokens"):
         engine.submit(EngineRequest("x", [1], max_tokens=0), lambda e: None)
+    with pytest.raises(ValueError, match="min_tokens"):
+        engine.submit(EngineRequest("x", [1], max_tokens=4, min_tokens=5), lambda e: None)
+
+
+def test_min_tokens_holds_back_the_end_of_sequence(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    # A head that always prefers EOS, then token 42: without min_tokens the turn ends at once.
+    model = copy.deepcopy(tiny_model)
+    model.lm_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    torch.nn.init.zeros_(model.lm_head.weight)
+    torch.nn.init.zeros_(model.lm_head.bias)
+    eos = smollm2_vocabulary.eos_token_ids[0]
+    with torch.no_grad():
+        model.lm_head.bias[eos], model.lm_head.bias[42] = 10.0, 5.0
+    engine = make_engine(model, smollm2_vocabulary, smollm2_tokenizer)
+    results = run(engine, [EngineRequest("free", [1, 2, 3], GREEDY, max_tokens=20), EngineRequest("held", [1, 2, 3], GREEDY, max_tokens=20, min_tokens=5)])
+    assert output_ids(results["free"]) == [eos]
+    assert output_ids(results["held"]) == [42] * 5 + [eos] and results["held"][-1].finish_reason == "stop"
+    assert engine.stats.forward_seconds > 0 and engine.stats.grammar_seconds == 0
 
 
 def test_batched_equals_single_on_smollm2(smollm2_model) -> None:
