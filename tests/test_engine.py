@@ -129,6 +129,18 @@ def test_jump_forward_saves_model_steps_and_keeps_greedy_output_valid(tiny_model
     assert engine.stats.grammar_seconds > 0
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_engine_matches_cpu_and_keeps_calls_valid(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    # On CUDA the bitmasks are filled while the forward runs asynchronously; the outputs must not change.
+    turn = ToolGrammarCompiler(GrammarCompiler(smollm2_vocabulary), GENERIC).compile_turn(TOOLS, "required")
+    requests = [EngineRequest(f"r{i}", p, GREEDY, max_tokens=60, grammar=turn) for i, p in enumerate(prompts(smollm2_tokenizer))]
+    on_cpu = run(make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer), requests)
+    on_gpu = run(make_engine(copy.deepcopy(tiny_model).cuda(), smollm2_vocabulary, smollm2_tokenizer), requests)
+    for r in requests:
+        assert output_ids(on_gpu[r.request_id]) == output_ids(on_cpu[r.request_id])
+
+
 def test_prefix_of_a_finished_request_is_reused(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
     engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer)
     prompt = prompts(smollm2_tokenizer)[2]
