@@ -341,8 +341,6 @@ def create_app(config: ServerConfig | None = None, loader: Callable[[ServerConfi
 
     metrics.add_engine_gauges(read_stat)
 
-    stopping = threading.Event()
-
     def load() -> None:
         try:
             holder["serving"] = loader(config)
@@ -351,18 +349,12 @@ def create_app(config: ServerConfig | None = None, loader: Callable[[ServerConfi
             holder["error"] = f"{type(error).__name__}: {error}"
             if on_load_failure is not None:
                 on_load_failure(error)
-            return
-        # This thread stays alive until shutdown: when a thread that ran torch ops (loading) exits, the engine
-        # thread it started decodes ~10x slower on CPU (measured: 40 -> 380 ms/token for SmolLM2 on 2 cores;
-        # to rerun: call load_serving_state in a thread that exits, then time 40 greedy tokens).
-        stopping.wait()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         thread = threading.Thread(target=load, name="strictcall-load", daemon=True)
         thread.start()
         yield
-        stopping.set()
         serving: ServingState | None = holder["serving"]
         if serving is not None:
             serving.engine.shutdown()
