@@ -174,6 +174,8 @@ class _GenerationFields(_Forbid):
     # vLLM extras
     top_k: int | None = Field(default=None, ge=-1)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_tokens: int | None = Field(default=None, ge=0)
+    ignore_eos: bool | None = None
     repetition_penalty: float | None = None
     guided_json: Union[dict[str, Any], str, bool, None] = None
     guided_regex: str | None = None
@@ -592,6 +594,16 @@ def _stops(req: _GenerationFields) -> tuple[str, ...]:
     return (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
 
 
+def _min_tokens(req: _GenerationFields, max_tokens: int) -> int:
+    """vLLM's `min_tokens` and `ignore_eos`: end-of-sequence tokens are held back (free text only; a grammar's end
+    still ends a constrained turn)."""
+    if req.ignore_eos:
+        return max_tokens
+    if req.min_tokens is not None and req.min_tokens > max_tokens:
+        raise _bad_request(f"min_tokens ({req.min_tokens}) must not exceed max_tokens ({max_tokens})", "min_tokens")
+    return req.min_tokens or 0
+
+
 def _guided(req: _GenerationFields) -> tuple[str, Any, str] | None:
     """The vLLM-style constraint, if any: (kind, value, param)."""
     found: list[tuple[str, Any, str]] = []
@@ -774,8 +786,8 @@ async def _plan_chat(serving: ServingState, config: ServerConfig, metrics: Serve
         grammar = None if turn.is_unconstrained else turn
     top = req.top_logprobs or 0
     requests = [
-        EngineRequest(random_id("req-", 16), prompt_ids, _sampling(req, i, bool(req.logprobs), top), max_tokens, _stops(req), grammar,
-                      options.jump_forward)
+        EngineRequest(random_id("req-", 16), prompt_ids, _sampling(req, i, bool(req.logprobs), top), max_tokens=max_tokens,
+                      min_tokens=_min_tokens(req, max_tokens), stop=_stops(req), grammar=grammar, jump_forward=options.jump_forward)
         for i in range(req.n)
     ]
     parse_tools = bool(tools) and choice.mode != "none" and guided is None
@@ -833,8 +845,9 @@ async def _plan_completion(serving: ServingState, config: ServerConfig, metrics:
     for ids, text, budget in zip(ids_list, texts, max_tokens):
         for _ in range(req.n):
             index = len(requests)
-            requests.append(EngineRequest(random_id("req-", 16), ids, _sampling(req, index, req.logprobs is not None, top), budget, _stops(req),
-                                          grammar, options.jump_forward))
+            requests.append(EngineRequest(random_id("req-", 16), ids, _sampling(req, index, req.logprobs is not None, top), max_tokens=budget,
+                                          min_tokens=_min_tokens(req, budget), stop=_stops(req), grammar=grammar,
+                                          jump_forward=options.jump_forward))
             lengths.append(len(ids))
             prompt_texts.append(text)
     return _Plan(requests, lengths, False, options.constrained, None, req.logprobs is not None, top, prompt_texts,

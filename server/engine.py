@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Union
 
 import numpy as np
@@ -67,6 +67,7 @@ class EngineRequest:
     request_id: str
     prompt_ids: list[int]
     sampling: SamplingParams = SamplingParams()
+    _: KW_ONLY  # the rest by name: several are ints or tuples that a shifted position would silently swap
     max_tokens: int = 256
     min_tokens: int = 0  # end-of-sequence tokens are masked before this many (vLLM's); a grammar's end still ends
     stop: tuple[str, ...] = ()

@@ -130,6 +130,8 @@ ERROR_CASES = [
      "conflicting_parameters", "tool_choice"),
     ("bad regex", {"model": MODEL, "messages": USER, "guided_regex": "(a"}, 400, "guided_regex", "unsupported_schema", "guided_regex"),
     ("too many stops", {"model": MODEL, "messages": USER, "stop": ["a"] * 17}, 400, "stop", "invalid_value", "16"),
+    ("min_tokens above max_tokens", {"model": MODEL, "messages": USER, "max_tokens": 4, "min_tokens": 5}, 400, "min_tokens", "invalid_value",
+     "max_tokens"),
     ("extension field typo", {"model": MODEL, "messages": USER, "strictcall": {"constraind": False}}, 400, "strictcall.constraind",
      "unknown_parameter", "constraind"),
 ]
@@ -302,3 +304,16 @@ def test_unconstrained_switch_turns_the_grammar_off(app) -> None:
     choice = body["choices"][0]
     # Random weights without a grammar write noise: no call parses, and nothing fails.
     assert choice["message"].get("tool_calls") is None and choice["finish_reason"] == "length"
+
+
+def test_min_tokens_and_ignore_eos_reach_the_engine(app, serving, monkeypatch) -> None:
+    # The engine's masking of EOS is tested in test_engine.py; here: each route passes the fields on.
+    submitted = []
+    submit = serving.engine.submit
+    monkeypatch.setattr(serving.engine, "submit", lambda request, sink: (submitted.append(request), submit(request, sink)))
+    for path, body in (("/v1/chat/completions", {"messages": USER}), ("/v1/completions", {"prompt": "Hello"})):
+        for extra, expected in (({"ignore_eos": True}, 9), ({"min_tokens": 3}, 3), ({}, 0)):
+            submitted.clear()
+            response = call(app, "POST", path, json={"model": MODEL, "max_tokens": 9, "temperature": 1.0, "seed": 3, **body, **extra})
+            assert response.status_code == 200, response.text
+            assert [r.min_tokens for r in submitted] == [expected], (path, extra)
