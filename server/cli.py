@@ -115,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def serve(config: ServerConfig) -> int:
     """Run the server until interrupted; 1 if the model failed to load."""
+    _quiet_openmp_workers()
     import uvicorn
 
     from strictcall.server.api import create_app
@@ -137,6 +138,23 @@ def serve(config: ServerConfig) -> int:
     except KeyboardInterrupt:
         return 1 if failed else 130
     return 1 if failed else 0
+
+
+def _quiet_openmp_workers() -> None:
+    """Idle OpenMP workers sleep at once instead of busy-waiting; a no-op if the user set the policy.
+
+    libgomp (torch's CPU thread pool) reads this once, when torch is imported, so it is set here, before that.
+    By default an idle worker spins up to 300,000 times (~4 ms) before it sleeps, unless more OpenMP threads
+    exist than CPUs. Between two torch ops the engine thread does Python work (masks, sampling, scheduling)
+    while its worker spins on the other core; on 2 cores shared with other busy processes that made decoding
+    4-8x slower (SmolLM2: 250-540 ms/token, 60-70 with this; see tests/test_engine_threads.py).
+    """
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    if "torch" in sys.modules:  # too late for libgomp to see it
+        logger.warning("torch was imported before the server set OMP_WAIT_POLICY=PASSIVE: idle OpenMP workers will busy-wait")
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def _is_loopback(host: str) -> bool:

@@ -10,8 +10,7 @@ parallel region itself: its idle team then pushed the thread count over the CPU 
 1000 times. The current loader runs no parallel region, so parking it made no difference (measured).
 
 The fix has to be in place before torch (and so libgomp) is imported, so it belongs in `strictcall serve`
-(server/cli.py): set OMP_WAIT_POLICY=PASSIVE unless the user chose a policy. That change is proposed, not
-made yet, so the check is marked xfail(strict): once the fix lands it passes, and the marker must go. The
+(server/cli.py): set OMP_WAIT_POLICY=PASSIVE unless the user chose a policy. The
 check runs in a fresh interpreter that goes through `strictcall serve`'s start-up, with `uvicorn.run`
 replaced by the probe. That way the probe sees the environment the server would have set.
 """
@@ -93,7 +92,6 @@ sys.exit(cli.main(["serve", "--log-level", "warning"]))
 """
 
 
-@pytest.mark.xfail(strict=True, reason="server/cli.py does not set OMP_WAIT_POLICY=PASSIVE before importing torch yet")
 def test_idle_openmp_workers_do_not_spin_in_the_server() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
