@@ -26,12 +26,14 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `strictcall serve` sets it (server/cli.py), before torch loads
+import torch  # noqa: E402
 
 from strictcall.grammars.compiler import GrammarCompiler
 from strictcall.grammars.formats import GENERIC
