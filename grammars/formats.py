@@ -100,35 +100,36 @@ class ToolCallFormat:
                 raise ValueError(f"unexpected text after the calls: {rest[:40]!r}")
             return content, calls
 
-    def render_tools_prompt(self, tools: list[dict[str, Any]]) -> str:
-        """A system message that describes the tools and the exact call syntax, for templates without tools."""
+    def render_tools_prompt(self, tools: list[dict[str, Any]], tool_choice_mode: str = "auto") -> str:
+        """A system message that describes the tools and the exact call syntax, for templates without tools.
+
+        The syntax is shown with schematic names only (`<tool name>`, `<parameter>`, `<value>`), never as an
+        example call of an offered tool: SmolLM2-135M copied such an example's placeholder values (`1`,
+        `"..."`) into its real calls and favoured the example's tool (BFCL `required`, 2026-11-23).
+
+        Args:
+            tools: OpenAI tools.
+            tool_choice_mode: `auto` adds when to answer in plain text; `required`/`named` ask for a call;
+                `none` says not to call (the tools are still shown, as OpenAI and vLLM do).
+        """
         lines = ["You can call the following tools. Each tool's parameters are given as a JSON Schema.", ""]
         for tool in tools:
             function = tool["function"]
             lines.append(f"- {function['name']}: {function.get('description', '').strip()}")
             lines.append(f"  parameters: {json.dumps(function.get('parameters', {}), ensure_ascii=False)}")
-        example = tools[0]["function"]
-        sample = ToolCall(example["name"], _example_arguments(example.get("parameters", {})))
         lines += [
             "",
-            "To call a tool, answer with the call and nothing else, written exactly like this:",
+            "To call a tool, answer with the call and nothing else, written exactly like this, with the argument "
+            "values taken from the request:",
             self.render_calls([ToolCall("<tool name>", {"<parameter>": "<value>"})]),
-            "For example:",
-            self.render_calls([sample]),
-            "If no tool fits the request, answer in plain text instead.",
         ]
+        if tool_choice_mode == "auto":
+            lines.append("If no tool fits the request, answer in plain text instead.")
+        elif tool_choice_mode == "none":
+            lines.append("Do not call a tool now: answer in plain text.")
+        else:
+            lines.append("Answer with a tool call.")
         return "\n".join(lines)
-
-
-def _example_arguments(schema: dict[str, Any]) -> dict[str, Any]:
-    """Placeholder arguments for the prompt's example: the required parameters with values of their type."""
-    placeholders = {"string": "...", "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
-    out: dict[str, Any] = {}
-    for name in schema.get("required", []):
-        spec = schema.get("properties", {}).get(name, {})
-        kind = spec.get("type", "string")
-        out[name] = spec["enum"][0] if spec.get("enum") else placeholders.get(kind if isinstance(kind, str) else kind[0], "...")
-    return out
 
 
 HERMES = ToolCallFormat(

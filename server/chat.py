@@ -92,7 +92,8 @@ def render_messages(format: ToolCallFormat, messages: list[dict[str, Any]], tool
         messages: validated OpenAI messages (dicts).
         tools: OpenAI tools, or None.
         tool_choice_mode: `none`, `auto`, `required` or `named`; with `none` the tools are still shown, as
-            OpenAI and vLLM do, but the generic system message says not to call them.
+            OpenAI and vLLM do, but the generic system message says not to call them (its last line follows
+            the mode: plain text allowed, a call asked for, or no call).
 
     Raises:
         PromptError: an assistant call's arguments are not JSON, a content part is not text.
@@ -146,9 +147,7 @@ def render_messages(format: ToolCallFormat, messages: list[dict[str, Any]], tool
         return out, None
     if format.tools_in_template:
         return out, tools
-    system = format.render_tools_prompt(tools)
-    if tool_choice_mode == "none":
-        system += "\nDo not call a tool now: answer in plain text."
+    system = format.render_tools_prompt(tools, tool_choice_mode)
     if out and out[0]["role"] == "system":
         out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + system if out[0]["content"] else system}
     else:

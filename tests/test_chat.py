@@ -179,6 +179,33 @@ def test_tool_choice_none_still_shows_the_tools() -> None:
     assert "Do not call a tool now" in messages[0]["content"]
 
 
+COUNTS = {"type": "function", "function": {"name": "count_items", "description": "Count items", "parameters": {
+    "type": "object", "required": ["n", "label", "ratio", "flag", "kind"],
+    "properties": {"n": {"type": "integer"}, "label": {"type": "string"}, "ratio": {"type": "number"}, "flag": {"type": "boolean"},
+                   "kind": {"type": "string", "enum": ["a", "b"]}}}}}
+
+
+def test_generic_prompt_shows_only_a_schematic_call_never_one_of_an_offered_tool() -> None:
+    # SmolLM2-135M copied a "For example:" call's placeholder values (1, "...") into real calls and favoured its tool.
+    system = GENERIC.render_tools_prompt([COUNTS, WEATHER], "required")
+    block = system[system.index("<tool_call>") : system.index("</tool_call>") + len("</tool_call>")]
+    assert GENERIC.parse_tool_calls(block)[1] == [ToolCall("<tool name>", {"<parameter>": "<value>"})]
+    assert system.count("<tool_call>") == 1 and "For example" not in system
+    assert '"..."' not in system and '": 1' not in system and '"count_items", "arguments"' not in system
+
+
+@pytest.mark.parametrize("mode,last_line", [
+    ("auto", "If no tool fits the request, answer in plain text instead."),
+    ("none", "Do not call a tool now: answer in plain text."),
+    ("required", "Answer with a tool call."),
+    ("named", "Answer with a tool call."),
+])
+def test_generic_prompt_ends_with_what_the_tool_choice_allows(mode, last_line) -> None:
+    messages, _ = render_messages(GENERIC, [{"role": "user", "content": "hi"}], [WEATHER], mode)
+    assert messages[0]["content"].endswith("\n" + last_line)
+    assert ("plain text" in messages[0]["content"]) == (mode in ("auto", "none"))
+
+
 def test_templates_with_tools_get_them_and_structured_calls() -> None:
     messages, tools = render_messages(HERMES, ROUND_TRIP, [WEATHER], "auto")
     assert tools == [WEATHER]
