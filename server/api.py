@@ -576,9 +576,6 @@ class _Meta:
 def _check_common(req: _GenerationFields, config: ServerConfig) -> None:
     if req.n > config.max_n:
         raise _bad_request(f"n={req.n} is more than this server allows ({config.max_n}, --max-n)", "n")
-    if req.logit_bias:
-        raise _bad_request("logit_bias is not supported by this server; use tools, response_format or guided_* to shape the output", "logit_bias",
-                           "unsupported_parameter")
     if req.repetition_penalty not in (None, 1.0):
         raise _bad_request("repetition_penalty is not supported; use presence_penalty or frequency_penalty", "repetition_penalty", "unsupported_parameter")
     if req.stream_options is not None and not req.stream:
@@ -592,6 +589,18 @@ def _check_common(req: _GenerationFields, config: ServerConfig) -> None:
 
 def _stops(req: _GenerationFields) -> tuple[str, ...]:
     return (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+
+
+def _logit_bias(req: _GenerationFields, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `logit_bias`: token id (as a string) -> -100..100, added to the logit (the grammar still decides)."""
+    bias = []
+    for key, value in (req.logit_bias or {}).items():
+        if not key.strip().lstrip("-").isdigit() or not 0 <= int(key) < vocab_size:
+            raise _bad_request(f"logit_bias keys must be token ids in [0, {vocab_size}), got {key!r}", "logit_bias")
+        if not -100 <= value <= 100:
+            raise _bad_request(f"logit_bias values must be between -100 and 100, got {value} for token {key}", "logit_bias")
+        bias.append((int(key), float(value)))
+    return tuple(bias)
 
 
 def _min_tokens(req: _GenerationFields, max_tokens: int) -> int:
@@ -785,9 +794,11 @@ async def _plan_chat(serving: ServingState, config: ServerConfig, metrics: Serve
                               "tools" if tools else "response_format")
         grammar = None if turn.is_unconstrained else turn
     top = req.top_logprobs or 0
+    bias = _logit_bias(req, serving.vocabulary.vocab_size)
     requests = [
         EngineRequest(random_id("req-", 16), prompt_ids, _sampling(req, i, bool(req.logprobs), top), max_tokens=max_tokens,
-                      min_tokens=_min_tokens(req, max_tokens), stop=_stops(req), grammar=grammar, jump_forward=options.jump_forward)
+                      min_tokens=_min_tokens(req, max_tokens), logit_bias=bias, stop=_stops(req), grammar=grammar,
+                      jump_forward=options.jump_forward)
         for i in range(req.n)
     ]
     parse_tools = bool(tools) and choice.mode != "none" and guided is None
@@ -841,12 +852,13 @@ async def _plan_completion(serving: ServingState, config: ServerConfig, metrics:
             _check_schema_size(spec["schema"], "response_format.json_schema.schema", config)
         grammar = await _compile(metrics, config, lambda: serving.tool_compiler.compile_turn(None, None, True, rf), "response_format")
     top = req.logprobs or 0
+    bias = _logit_bias(req, serving.vocabulary.vocab_size)
     requests, lengths, prompt_texts = [], [], []
     for ids, text, budget in zip(ids_list, texts, max_tokens):
         for _ in range(req.n):
             index = len(requests)
             requests.append(EngineRequest(random_id("req-", 16), ids, _sampling(req, index, req.logprobs is not None, top), max_tokens=budget,
-                                          min_tokens=_min_tokens(req, budget), stop=_stops(req), grammar=grammar,
+                                          min_tokens=_min_tokens(req, budget), logit_bias=bias, stop=_stops(req), grammar=grammar,
                                           jump_forward=options.jump_forward))
             lengths.append(len(ids))
             prompt_texts.append(text)

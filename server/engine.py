@@ -70,6 +70,7 @@ class EngineRequest:
     _: KW_ONLY  # the rest by name: several are ints or tuples that a shifted position would silently swap
     max_tokens: int = 256
     min_tokens: int = 0  # end-of-sequence tokens are masked before this many (vLLM's); a grammar's end still ends
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit); the grammar's mask still applies after
     stop: tuple[str, ...] = ()
     grammar: Grammar | None = None
     jump_forward: bool | None = None  # None: the engine's setting
@@ -362,9 +363,7 @@ class Engine:
             rows[i].matcher.fill_next_token_bitmask(self._bitmask, i)  # type: ignore[union-attr]
         if constrained:
             self.stats.grammar_seconds += time.perf_counter() - started
-        early = [i for i, seq in enumerate(rows) if seq.matcher is None and len(seq.output_ids) < seq.request.min_tokens]
-        if early:
-            logits[torch.tensor(early, device=logits.device)[:, None], self._eos_ids.to(logits.device)] = float("-inf")
+        self._adjust_logits(rows, logits)
         if constrained:
             index = None if len(constrained) == len(rows) else torch.tensor(constrained, device=logits.device)
             apply_token_bitmask_inplace(logits, self._bitmask[: len(rows)].to(logits.device, non_blocking=True), indices=index)
@@ -383,6 +382,17 @@ class Engine:
                 top = tuple(zip(top_ids[i][:count], top_values[i][:count])) if top_ids and count else ()
                 logprob = TokenLogprob(token, chosen[i], top)  # type: ignore[index]
             self._advance(seq, token, logprob)
+
+    def _adjust_logits(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
+        """The request's own changes, before the grammar's mask (which always has the last word): logit_bias, and
+        min_tokens holding back the end of a free-text turn."""
+        for i, seq in enumerate(rows):
+            if seq.request.logit_bias:
+                ids, values = zip(*seq.request.logit_bias)
+                logits[i, torch.tensor(ids, device=logits.device)] += torch.tensor(values, dtype=logits.dtype, device=logits.device)
+        early = [i for i, seq in enumerate(rows) if seq.matcher is None and len(seq.output_ids) < seq.request.min_tokens]
+        if early:
+            logits[torch.tensor(early, device=logits.device)[:, None], self._eos_ids.to(logits.device)] = float("-inf")
 
     def _advance(self, seq: _Sequence, token: int, logprob: TokenLogprob | None) -> None:
         """Take one sampled token, then any forced tokens; emit them; finish if a stop condition holds."""

@@ -122,7 +122,10 @@ ERROR_CASES = [
     ("stream_options without stream", {"model": MODEL, "messages": USER, "stream_options": {"include_usage": True}}, 400, "stream_options",
      "invalid_value", "stream"),
     ("functions", {"model": MODEL, "messages": USER, "functions": [{"name": "f"}]}, 400, "functions", "unsupported_parameter", "tools"),
-    ("logit_bias", {"model": MODEL, "messages": USER, "logit_bias": {"1": 5}}, 400, "logit_bias", "unsupported_parameter", "logit_bias"),
+    ("logit_bias key not a token id", {"model": MODEL, "messages": USER, "logit_bias": {"hello": 5}}, 400, "logit_bias", "invalid_value", "token ids"),
+    ("logit_bias key beyond the vocabulary", {"model": MODEL, "messages": USER, "logit_bias": {"99999999": 5}}, 400, "logit_bias", "invalid_value",
+     "token ids"),
+    ("logit_bias value out of range", {"model": MODEL, "messages": USER, "logit_bias": {"1": 101}}, 400, "logit_bias", "invalid_value", "-100 and 100"),
     ("guided_grammar", {"model": MODEL, "messages": USER, "guided_grammar": "root ::= x"}, 400, "guided_grammar", "unsupported_parameter", "guided_json"),
     ("two constraints", {"model": MODEL, "messages": USER, "guided_regex": "a+", "guided_choice": ["a"]}, 400, "guided_choice",
      "conflicting_parameters", "one"),
@@ -317,3 +320,17 @@ def test_min_tokens_and_ignore_eos_reach_the_engine(app, serving, monkeypatch) -
             response = call(app, "POST", path, json={"model": MODEL, "max_tokens": 9, "temperature": 1.0, "seed": 3, **body, **extra})
             assert response.status_code == 200, response.text
             assert [r.min_tokens for r in submitted] == [expected], (path, extra)
+
+
+def test_logit_bias_moves_free_text_but_never_the_grammar(app, serving) -> None:
+    # +100 on one token makes greedy free text repeat it; with a required tool call the mask still rules.
+    def complete(**extra) -> str:
+        body = {"model": MODEL, "prompt": "Hello", "max_tokens": 4, "temperature": 0, **extra}
+        return call(app, "POST", "/v1/completions", json=body).json()["choices"][0]["text"]
+
+    assert complete(logit_bias={"4093": 100}) == serving.tokenizer.decode([4093] * 4) != complete()
+    body = chat(app, tools=TOOLS, tool_choice="required", max_tokens=60, temperature=0, logit_bias={"4093": 100}).json()
+    calls = body["choices"][0]["message"]["tool_calls"]
+    assert calls and all(c["function"]["name"] in SCHEMAS for c in calls)
+    for c in calls:
+        jsonschema.validate(json.loads(c["function"]["arguments"]), SCHEMAS[c["function"]["name"]])
