@@ -6,7 +6,7 @@ schema, AST accuracy (BFCL's rules, `bfcl_checker.py`), latency p50/p90 and comp
 
 Usage:
   .venv/bin/python benchmarks/bfcl.py --base-url http://127.0.0.1:8000/v1 [--api-key K]
-      [--categories simple,multiple,irrelevance] [--tool-choice auto|required] [--limit N]
+      [--categories simple,multiple,irrelevance] [--tool-choice auto|required] [--limit N] [--offset K]
       [--unconstrained]   # strictcall only: `"strictcall": {"constrained": false}` for the A/B comparison
 Results: a Markdown table on stdout and a JSON file (--out, default .bench/bfcl-<label>.json).
 """
@@ -30,9 +30,10 @@ from bfcl_checker import check_case  # noqa: E402
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bfcl"
 
 
-def load_cases(category: str, limit: int) -> list[dict[str, Any]]:
+def load_cases(category: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
     with open(DATA / f"{category}.jsonl") as f:
         records = [json.loads(line) for line in f]
+    records = records[offset:]
     return records[:limit] if limit else records
 
 
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--categories", default="simple,multiple,irrelevance")
     parser.add_argument("--tool-choice", default="auto", choices=["auto", "required"])
     parser.add_argument("--limit", type=int, default=100, help="cases per category (0: all)")
+    parser.add_argument("--offset", type=int, default=0, help="skip this many cases first (a held-out slice for tuning a setting)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -138,7 +140,7 @@ def main() -> None:
     summaries, details = [], {}
     started = time.perf_counter()
     for category in args.categories.split(","):
-        cases = load_cases(category, args.limit)
+        cases = load_cases(category, args.limit, args.offset)
         with ThreadPoolExecutor(args.concurrency) as pool:
             results = list(pool.map(lambda r: run_case(client, model, r, args), cases))
         summaries.append(summarize(category, results))

@@ -154,6 +154,7 @@ class StrictcallOptions(_Forbid):
 
     constrained: bool = True
     jump_forward: bool | None = None
+    auto_tool_bias: float | None = Field(default=None, ge=-100, le=100)
 
 
 class _GenerationFields(_Forbid):
@@ -795,9 +796,12 @@ async def _plan_chat(serving: ServingState, config: ServerConfig, metrics: Serve
         grammar = None if turn.is_unconstrained else turn
     top = req.top_logprobs or 0
     bias = _logit_bias(req, serving.vocabulary.vocab_size)
+    auto_tool_bias = config.auto_tool_bias if options.auto_tool_bias is None else options.auto_tool_bias
+    opening = serving.tokenizer.encode(serving.format.trigger, add_special_tokens=False) if tools and choice.mode == "auto" and guided is None else []
     requests = [
         EngineRequest(random_id("req-", 16), prompt_ids, _sampling(req, i, bool(req.logprobs), top), max_tokens=max_tokens,
-                      min_tokens=_min_tokens(req, max_tokens), logit_bias=bias, stop=_stops(req), grammar=grammar,
+                      min_tokens=_min_tokens(req, max_tokens), logit_bias=bias, call_opening=tuple(opening),
+                      call_opening_bias=auto_tool_bias, stop=_stops(req), grammar=grammar,
                       jump_forward=options.jump_forward)
         for i in range(req.n)
     ]

@@ -38,6 +38,10 @@ class ServerConfig:
         tool_format: the tool-call syntax (hermes, llama3_json, mistral, generic); None detects it from the
             chat template.
         jump_forward: append the text a grammar forces without model steps.
+        auto_tool_bias: in `tool_choice: auto`, added to the logit of the next token of the format's trigger
+            (`<tool_call>`) while the turn so far is a prefix of it: > 0 makes a model that under-calls
+            (SmolLM2-135M never starts a call unbiased) call more; 0 leaves the choice to the model. A request
+            may set its own (`"strictcall": {"auto_tool_bias": ...}`).
         prefill_chunk_tokens / max_waiting: engine scheduling (see `EngineConfig`).
         max_body_bytes: largest request body; larger ones get 413. Cost: the body is held in memory.
         max_tools: most tools per request (OpenAI's limit is 128). Each new tool costs a grammar compile.
@@ -61,6 +65,7 @@ class ServerConfig:
     served_model_names: tuple[str, ...] = ()
     tool_format: str | None = None
     jump_forward: bool = True
+    auto_tool_bias: float = 0.0
     prefill_chunk_tokens: int = 256
     max_waiting: int = 256
     max_body_bytes: int = 8 * 1024 * 1024
@@ -82,6 +87,8 @@ class ServerConfig:
             raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if not -100 <= self.auto_tool_bias <= 100:
+            raise ValueError(f"auto_tool_bias must be in [-100, 100], got {self.auto_tool_bias}")
         if not self.compile_timeout_s > 0:
             raise ValueError(f"compile_timeout_s must be > 0, got {self.compile_timeout_s}")
         if self.dtype not in (None, "float32", "bfloat16", "float16"):
@@ -132,7 +139,7 @@ class ServerConfig:
 _TYPES: dict[str, type] = {
     "max_batch_size": int, "max_model_len": int, "port": int, "prefill_chunk_tokens": int, "max_waiting": int,
     "max_body_bytes": int, "max_tools": int, "max_schema_bytes": int, "max_n": int, "compile_timeout_s": float,
-    "jump_forward": bool,
+    "jump_forward": bool, "auto_tool_bias": float,
 }
 _LISTS = frozenset({"cors_origins", "served_model_names"})
 

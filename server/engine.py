@@ -71,6 +71,10 @@ class EngineRequest:
     max_tokens: int = 256
     min_tokens: int = 0  # end-of-sequence tokens are masked before this many (vLLM's); a grammar's end still ends
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit); the grammar's mask still applies after
+    # `auto` turns: the tokens that open a tool call (the format's trigger), and a bias on the next of them while the
+    # output so far is a prefix of them: > 0 moves the model's choice between answering and calling toward calling.
+    call_opening: tuple[int, ...] = ()
+    call_opening_bias: float = 0.0
     stop: tuple[str, ...] = ()
     grammar: Grammar | None = None
     jump_forward: bool | None = None  # None: the engine's setting
@@ -384,15 +388,24 @@ class Engine:
             self._advance(seq, token, logprob)
 
     def _adjust_logits(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
-        """The request's own changes, before the grammar's mask (which always has the last word): logit_bias, and
-        min_tokens holding back the end of a free-text turn."""
+        """The request's own changes, before the grammar's mask (which always has the last word): logit_bias, the
+        call-opening bias, and min_tokens holding back the end of a free-text turn."""
         for i, seq in enumerate(rows):
-            if seq.request.logit_bias:
-                ids, values = zip(*seq.request.logit_bias)
-                logits[i, torch.tensor(ids, device=logits.device)] += torch.tensor(values, dtype=logits.dtype, device=logits.device)
+            bias = seq.request.logit_bias + self._call_opening_bias(seq)
+            if bias:
+                ids, values = zip(*bias)
+                # index_add_, not `+=`: a token listed in both biases gets both.
+                logits[i].index_add_(0, torch.tensor(ids, device=logits.device), torch.tensor(values, dtype=logits.dtype, device=logits.device))
         early = [i for i, seq in enumerate(rows) if seq.matcher is None and len(seq.output_ids) < seq.request.min_tokens]
         if early:
             logits[torch.tensor(early, device=logits.device)[:, None], self._eos_ids.to(logits.device)] = float("-inf")
+
+    @staticmethod
+    def _call_opening_bias(seq: _Sequence) -> tuple[tuple[int, float], ...]:
+        opening, done = seq.request.call_opening, len(seq.output_ids)
+        if not seq.request.call_opening_bias or done >= len(opening) or tuple(seq.output_ids) != opening[:done]:
+            return ()
+        return ((opening[done], seq.request.call_opening_bias),)
 
     def _advance(self, seq: _Sequence, token: int, logprob: TokenLogprob | None) -> None:
         """Take one sampled token, then any forced tokens; emit them; finish if a stop condition holds."""

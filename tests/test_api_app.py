@@ -334,3 +334,18 @@ def test_logit_bias_moves_free_text_but_never_the_grammar(app, serving) -> None:
     assert calls and all(c["function"]["name"] in SCHEMAS for c in calls)
     for c in calls:
         jsonschema.validate(json.loads(c["function"]["arguments"]), SCHEMAS[c["function"]["name"]])
+
+
+def test_auto_tool_bias_moves_the_choice_between_answering_and_calling(app, serving, monkeypatch) -> None:
+    submitted = []
+    submit = serving.engine.submit
+    monkeypatch.setattr(serving.engine, "submit", lambda request, sink: (submitted.append(request), submit(request, sink)))
+    for bias, calls in ((100, True), (-100, False)):
+        body = chat(app, tools=TOOLS, tool_choice="auto", max_tokens=120, temperature=0, parallel_tool_calls=False,
+                    strictcall={"auto_tool_bias": bias}).json()
+        assert bool(body["choices"][0]["message"].get("tool_calls")) == calls, body
+        assert serving.tokenizer.decode(submitted[-1].call_opening) == "<tool_call>"
+    # Only auto turns with tools get it.
+    for extra in ({"tools": TOOLS, "tool_choice": "required"}, {"tools": TOOLS, "tool_choice": "none"}, {}):
+        chat(app, max_tokens=2, strictcall={"auto_tool_bias": 100}, **extra)
+        assert submitted[-1].call_opening == ()

@@ -32,12 +32,12 @@ def test_flags(monkeypatch) -> None:
     c = config(["--model", "/m/Qwen2.5-0.5B-Instruct-Q8_0.gguf", "--host", "0.0.0.0", "--port", "9001", "--device", "cpu", "--dtype", "bfloat16",
                 "--max-batch-size", "4", "--max-model-len", "1024", "--api-key", "k", "--cors-origin", "http://a", "--cors-origin", "http://b",
                 "--served-model-name", "qwen", "gpt-4o-mini", "--tool-format", "hermes", "--no-jump-forward", "--max-tools", "8",
-                "--max-schema-bytes", "2048", "--compile-timeout-s", "2.5", "--max-n", "2", "--max-body-bytes", "4096", "--log-level", "debug"],
+                "--max-schema-bytes", "2048", "--compile-timeout-s", "2.5", "--max-n", "2", "--max-body-bytes", "4096", "--log-level", "debug", "--auto-tool-bias", "4"],
                monkeypatch=monkeypatch)
     assert c == ServerConfig(model="/m/Qwen2.5-0.5B-Instruct-Q8_0.gguf", host="0.0.0.0", port=9001, device="cpu", dtype="bfloat16", max_batch_size=4,
                              max_model_len=1024, api_key="k", cors_origins=("http://a", "http://b"), served_model_names=("qwen", "gpt-4o-mini"),
                              tool_format="hermes", jump_forward=False, max_tools=8, max_schema_bytes=2048, compile_timeout_s=2.5, max_n=2,
-                             max_body_bytes=4096, log_level="debug")
+                             max_body_bytes=4096, log_level="debug", auto_tool_bias=4.0)
     assert c.model_names == ("qwen", "gpt-4o-mini")
 
 
@@ -55,7 +55,8 @@ def test_environment_variables_and_flags_win(monkeypatch) -> None:
     ([], {"STRICTCALL_PORT": "eighty"}, "STRICTCALL_PORT='eighty': expected an integer"),
     ([], {"STRICTCALL_JUMP_FORWARD": "maybe"}, "expected true/false"),
     (["--compile-timeout-s", "0"], {}, "compile_timeout_s must be > 0"),
-], ids=["port", "batch", "env int", "env bool", "timeout"])
+    ([], {"STRICTCALL_AUTO_TOOL_BIAS": "500"}, "auto_tool_bias must be in"),
+], ids=["port", "batch", "env int", "env bool", "timeout", "bias"])
 def test_bad_values_are_named(monkeypatch, argv, env, words) -> None:
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(".", r"\.")):
         config(argv, env, monkeypatch)

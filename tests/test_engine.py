@@ -233,3 +233,17 @@ def test_batched_equals_single_on_smollm2(smollm2_model) -> None:
         if together[r.request_id][-1].finish_reason == "stop" and "<tool_call>" in out:
             _, calls = GENERIC.parse_tool_calls(out)
             assert calls and all(json.dumps(c.arguments) for c in calls)
+
+
+def test_call_opening_bias_follows_the_opening_only_while_the_output_is_on_it(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer)
+    prompt = prompts(smollm2_tokenizer)[0]
+    opening = tuple(smollm2_tokenizer.encode("<tool_call>", add_special_tokens=False))
+    results = run(engine, [
+        EngineRequest("plain", prompt, GREEDY, max_tokens=8),
+        EngineRequest("pushed", prompt, GREEDY, max_tokens=8, call_opening=opening, call_opening_bias=100.0),
+        EngineRequest("pulled", prompt, GREEDY, max_tokens=8, call_opening=opening, call_opening_bias=-100.0),
+    ])
+    plain, pushed, pulled = (output_ids(results[k]) for k in ("plain", "pushed", "pulled"))
+    assert tuple(pushed[: len(opening)]) == opening and tuple(plain[: len(opening)]) != opening
+    assert pulled == plain  # off the opening from the first token: nothing changes
