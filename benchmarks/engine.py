@@ -164,7 +164,7 @@ def main() -> None:
             requests = []
             for i, (prompt, turn) in enumerate(zip(prompts, turns)):
                 budget = call_lengths[concurrency][i] if setup.same_lengths_as_c else args.max_tokens
-                requests.append(EngineRequest(f"{setup.key}-{concurrency}-{i}", prompt, GREEDY, budget,
+                requests.append(EngineRequest(f"{setup.key}-{concurrency}-{i}", prompt, GREEDY, max_tokens=budget,
                                               min_tokens=budget if setup.same_lengths_as_c else 0, grammar=turn if setup.grammar else None))
             # A warm-up request (the mask kernel's build, request 0's first-visit masks); not timed. The other
             # tool sets are met for the first time in the timed run: their masks are computed there.
