@@ -17,7 +17,8 @@ On 2 CPU cores the default prompts (~285 tokens: the tools description) make the
 are 4,560 prompt tokens for ~1,500 output tokens, and a 135M model computes ~330 tokens/s in total here.
 `--short-prompts` gives the decode-bound picture.
 
-Usage: .venv/bin/python benchmarks/engine.py [--requests 16] [--max-tokens 96] [--concurrency 1,4,16] [--short-prompts]
+Usage: .venv/bin/python benchmarks/engine.py [--requests 16] [--max-tokens 96] [--concurrency 1,4,16] [--rounds 3] [--short-prompts]
+       [--dtype float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -132,12 +133,36 @@ def run_engine(engine: Engine, requests: list[EngineRequest], concurrency: int) 
     return time.perf_counter() - start, tokens, [texts[r.request_id] for r in requests], [lengths[r.request_id] for r in requests]
 
 
+def run_setup(model, vocabulary: Vocabulary, tokenizer, setup: Setup, prompts: list[list[int]], turns: list, concurrency: int,
+              max_tokens: int, call_lengths: list[int], slots: int) -> tuple[Result, list[int]]:
+    """One timed closed-loop run of one setup on a fresh engine; returns its result and each request's output length."""
+    engine = Engine(ModelRunner(model, slots, 2048), vocabulary, tokenizer, EngineConfig(jump_forward=setup.jump_forward))
+    engine.start()
+    requests = []
+    for i, (prompt, turn) in enumerate(zip(prompts, turns)):
+        budget = call_lengths[i] if setup.same_lengths_as_c else max_tokens
+        requests.append(EngineRequest(f"{setup.key}-{concurrency}-{i}", prompt, GREEDY, max_tokens=budget,
+                                      min_tokens=budget if setup.same_lengths_as_c else 0, grammar=turn if setup.grammar else None))
+    # A warm-up request (the mask kernel's build, request 0's first-visit masks); not timed.
+    run_engine(engine, requests[:1], 1)
+    before = dataclasses.replace(engine.stats)
+    seconds, tokens, texts, lengths = run_engine(engine, requests, concurrency)
+    engine.shutdown()
+    after = engine.stats
+    sampled = (after.num_generated_tokens - before.num_generated_tokens) - (after.num_jump_forward_tokens - before.num_jump_forward_tokens)
+    grammar_s = after.grammar_seconds - before.grammar_seconds
+    forward_s = after.forward_seconds - before.forward_seconds
+    passes = sampled / max(sum(count_calls(t) for t in texts), 1) if setup.grammar else None
+    return Result(tokens / seconds, passes, grammar_s / (grammar_s + forward_s)), lengths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per concurrency level; the table shows medians")
     parser.add_argument("--short-prompts", action="store_true",
                         help="the user question only (~40 tokens, no tools description): decode-bound instead of prefill-bound")
     args = parser.parse_args()
@@ -148,38 +173,26 @@ def main() -> None:
     eos = list(vocabulary.eos_token_ids)
     cases = bfcl_cases(args.requests)
     prompts = [render_prompt(tokenizer, c, with_tools=not args.short_prompts) for c in cases]
-    tool_compiler = ToolGrammarCompiler(GrammarCompiler(vocabulary), GENERIC)
-    turns = [tool_compiler.compile_turn(c["tools"], "required", parallel_tool_calls=False) for c in cases]
     print(f"SmolLM2-135M-Instruct {args.dtype}, {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
-          f"{len(cases)} BFCL simple prompts (mean {statistics.mean(map(len, prompts)):.0f} tokens), max_tokens {args.max_tokens}")
+          f"{len(cases)} BFCL simple prompts (mean {statistics.mean(map(len, prompts)):.0f} tokens), max_tokens {args.max_tokens}, "
+          f"median of {args.rounds} interleaved rounds")
 
     hf_seconds, hf_tokens = hf_one_at_a_time(model, prompts[: max(2, len(prompts) // 4)], args.max_tokens, eos)
     hf_rate = hf_tokens / hf_seconds
-    results: dict[tuple[str, int], Result] = {}
-    call_lengths: dict[int, list[int]] = {}  # (c)'s output tokens per request, for (b=)
-    for setup in SETUPS:
-        for concurrency in levels:
-            engine = Engine(ModelRunner(model, max(levels), 2048), vocabulary, tokenizer, EngineConfig(jump_forward=setup.jump_forward))
-            engine.start()
-            requests = []
-            for i, (prompt, turn) in enumerate(zip(prompts, turns)):
-                budget = call_lengths[concurrency][i] if setup.same_lengths_as_c else args.max_tokens
-                requests.append(EngineRequest(f"{setup.key}-{concurrency}-{i}", prompt, GREEDY, max_tokens=budget,
-                                              min_tokens=budget if setup.same_lengths_as_c else 0, grammar=turn if setup.grammar else None))
-            # A warm-up request (the mask kernel's build, request 0's first-visit masks); not timed. The other
-            # tool sets are met for the first time in the timed run: their masks are computed there.
-            run_engine(engine, requests[:1], 1)
-            before = dataclasses.replace(engine.stats)
-            seconds, tokens, texts, lengths = run_engine(engine, requests, concurrency)
-            engine.shutdown()
-            after = engine.stats
-            sampled = (after.num_generated_tokens - before.num_generated_tokens) - (after.num_jump_forward_tokens - before.num_jump_forward_tokens)
-            grammar_s = after.grammar_seconds - before.grammar_seconds
-            forward_s = after.forward_seconds - before.forward_seconds
-            passes = sampled / max(sum(count_calls(t) for t in texts), 1) if setup.grammar else None
-            if setup.key == "c":
-                call_lengths[concurrency] = lengths
-            results[(setup.key, concurrency)] = Result(tokens / seconds, passes, grammar_s / (grammar_s + forward_s))
+    runs: dict[tuple[str, int], list[Result]] = {}
+    for concurrency in levels:
+        for _ in range(args.rounds):
+            # Fresh grammars every round: each timed run meets its tool sets' masks for the first time.
+            tool_compiler = ToolGrammarCompiler(GrammarCompiler(vocabulary), GENERIC)
+            turns = [tool_compiler.compile_turn(c["tools"], "required", parallel_tool_calls=False) for c in cases]
+            call_lengths: list[int] = []  # (c)'s output tokens per request, for (b=)
+            for setup in SETUPS:
+                result, lengths = run_setup(model, vocabulary, tokenizer, setup, prompts, turns, concurrency, args.max_tokens, call_lengths, max(levels))
+                if setup.key == "c":
+                    call_lengths = lengths
+                runs.setdefault((setup.key, concurrency), []).append(result)
+    results = {key: Result(statistics.median(r.rate for r in rs), rs[0].passes, statistics.median(r.grammar_share for r in rs))
+               for key, rs in runs.items()}
 
     print()
     print("| setup | concurrency | tokens/s | vs (a) | vs (b) | vs (b=) | grammar share of engine time |")
