@@ -796,7 +796,7 @@ async def _plan_chat(serving: ServingState, config: ServerConfig, metrics: Serve
         grammar = None if turn.is_unconstrained else turn
     top = req.top_logprobs or 0
     bias = _logit_bias(req, serving.vocabulary.vocab_size)
-    auto_tool_bias = config.auto_tool_bias if options.auto_tool_bias is None else options.auto_tool_bias
+    auto_tool_bias = config.effective_auto_tool_bias if options.auto_tool_bias is None else options.auto_tool_bias
     opening = serving.tokenizer.encode(serving.format.trigger, add_special_tokens=False) if tools and choice.mode == "auto" and guided is None else []
     requests = [
         EngineRequest(random_id("req-", 16), prompt_ids, _sampling(req, i, bool(req.logprobs), top), max_tokens=max_tokens,

@@ -26,6 +26,7 @@ def test_defaults_are_safe(monkeypatch) -> None:
     c = config([], monkeypatch=monkeypatch)
     assert (c.host, c.port, c.api_key, c.cors_origins) == ("127.0.0.1", 8000, None, ())
     assert c.model_names == ("SmolLM2-135M-Instruct",) and c.jump_forward
+    assert c.effective_auto_tool_bias == 3.5 and config(["--model", "/m/x.gguf"], monkeypatch=monkeypatch).effective_auto_tool_bias == 0.0
 
 
 def test_flags(monkeypatch) -> None:
