@@ -797,7 +797,11 @@ async def _plan_chat(serving: ServingState, config: ServerConfig, metrics: Serve
     top = req.top_logprobs or 0
     bias = _logit_bias(req, serving.vocabulary.vocab_size)
     auto_tool_bias = config.effective_auto_tool_bias if options.auto_tool_bias is None else options.auto_tool_bias
-    opening = serving.tokenizer.encode(serving.format.trigger, add_special_tokens=False) if tools and choice.mode == "auto" and guided is None else []
+    # The bias is for the decision to act on a user's request; after a tool result the model should answer from it
+    # (biased there, SmolLM2 calls the same tool again).
+    answers_user = messages[-1]["role"] == "user"
+    opening = (serving.tokenizer.encode(serving.format.trigger, add_special_tokens=False)
+               if tools and choice.mode == "auto" and guided is None and answers_user else [])
     requests = [
         EngineRequest(random_id("req-", 16), prompt_ids, _sampling(req, i, bool(req.logprobs), top), max_tokens=max_tokens,
                       min_tokens=_min_tokens(req, max_tokens), logit_bias=bias, call_opening=tuple(opening),

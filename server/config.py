@@ -42,8 +42,9 @@ class ServerConfig:
         tool_format: the tool-call syntax (hermes, llama3_json, mistral, generic); None detects it from the
             chat template.
         jump_forward: append the text a grammar forces without model steps.
-        auto_tool_bias: in `tool_choice: auto`, added to the logit of the next token of the format's trigger
-            (`<tool_call>`) while the turn so far is a prefix of it: > 0 makes a model that under-calls call
+        auto_tool_bias: in `tool_choice: auto`, in a turn that answers a user message (not a tool result), added to
+            the logit of the next token of the format's trigger (`<tool_call>`) while the turn so far is a prefix
+            of it: > 0 makes a model that under-calls call
             more; 0 leaves the choice to the model. None: 3.5 for the default model (SmolLM2-135M never starts
             a call unbiased; 3.5 was tuned on BFCL cases 100-129 of simple and irrelevance), else 0. A request
             may set its own (`"strictcall": {"auto_tool_bias": ...}`).

@@ -345,7 +345,10 @@ def test_auto_tool_bias_moves_the_choice_between_answering_and_calling(app, serv
                     strictcall={"auto_tool_bias": bias}).json()
         assert bool(body["choices"][0]["message"].get("tool_calls")) == calls, body
         assert serving.tokenizer.decode(submitted[-1].call_opening) == "<tool_call>"
-    # Only auto turns with tools get it.
-    for extra in ({"tools": TOOLS, "tool_choice": "required"}, {"tools": TOOLS, "tool_choice": "none"}, {}):
+    # Only auto turns with tools that answer a user get it: not required, none, no tools, or after a tool result.
+    after_result = USER + [{"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+                           {"role": "tool", "tool_call_id": "c1", "content": "12:00"}]
+    for extra in ({"tools": TOOLS, "tool_choice": "required"}, {"tools": TOOLS, "tool_choice": "none"}, {},
+                  {"tools": TOOLS, "tool_choice": "auto", "messages": after_result}):
         chat(app, max_tokens=2, strictcall={"auto_tool_bias": 100}, **extra)
         assert submitted[-1].call_opening == ()
