@@ -10,6 +10,7 @@ request whose client goes away is aborted in the engine; streamed and non-stream
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -275,6 +276,11 @@ class ServingState:
     tool_compiler: ToolGrammarCompiler
     engine: Engine
     max_model_len: int
+
+    @functools.cached_property
+    def call_opening(self) -> tuple[int, ...]:
+        """The format's trigger (`<tool_call>`) as the model's tokens: where `auto_tool_bias` applies."""
+        return tuple(self.tokenizer.encode(self.format.trigger, add_special_tokens=False))
 
 
 def load_serving_state(config: ServerConfig) -> ServingState:
@@ -784,6 +790,7 @@ async def _plan_chat(serving: ServingState, config: ServerConfig, metrics: Serve
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = _max_tokens(requested, len(prompt_ids), serving.max_model_len, param, "messages")
+    bias = _logit_bias(req, serving.vocabulary.vocab_size)
 
     grammar: TurnGrammar | CompiledGrammar | None = None
     if constrained and guided:
@@ -795,16 +802,14 @@ async def _plan_chat(serving: ServingState, config: ServerConfig, metrics: Serve
                               "tools" if tools else "response_format")
         grammar = None if turn.is_unconstrained else turn
     top = req.top_logprobs or 0
-    bias = _logit_bias(req, serving.vocabulary.vocab_size)
     auto_tool_bias = config.effective_auto_tool_bias if options.auto_tool_bias is None else options.auto_tool_bias
     # The bias is for the decision to act on a user's request; after a tool result the model should answer from it
     # (biased there, SmolLM2 calls the same tool again).
     answers_user = messages[-1]["role"] == "user"
-    opening = (serving.tokenizer.encode(serving.format.trigger, add_special_tokens=False)
-               if tools and choice.mode == "auto" and guided is None and answers_user else [])
+    opening = serving.call_opening if tools and choice.mode == "auto" and guided is None and answers_user else ()
     requests = [
         EngineRequest(random_id("req-", 16), prompt_ids, _sampling(req, i, bool(req.logprobs), top), max_tokens=max_tokens,
-                      min_tokens=_min_tokens(req, max_tokens), logit_bias=bias, call_opening=tuple(opening),
+                      min_tokens=_min_tokens(req, max_tokens), logit_bias=bias, call_opening=opening,
                       call_opening_bias=auto_tool_bias, stop=_stops(req), grammar=grammar,
                       jump_forward=options.jump_forward)
         for i in range(req.n)
@@ -846,6 +851,7 @@ async def _plan_completion(serving: ServingState, config: ServerConfig, metrics:
         ids_list.append(ids)
         texts.append(text)
     max_tokens = [_max_tokens(req.max_tokens, len(ids), serving.max_model_len, "max_tokens", "prompt") for ids in ids_list]
+    bias = _logit_bias(req, serving.vocabulary.vocab_size)
     guided = _guided(req)
     options = req.strictcall or StrictcallOptions()
     grammar: TurnGrammar | CompiledGrammar | None = None
@@ -860,7 +866,6 @@ async def _plan_completion(serving: ServingState, config: ServerConfig, metrics:
             _check_schema_size(spec["schema"], "response_format.json_schema.schema", config)
         grammar = await _compile(metrics, config, lambda: serving.tool_compiler.compile_turn(None, None, True, rf), "response_format")
     top = req.logprobs or 0
-    bias = _logit_bias(req, serving.vocabulary.vocab_size)
     requests, lengths, prompt_texts = [], [], []
     for ids, text, budget in zip(ids_list, texts, max_tokens):
         for _ in range(req.n):

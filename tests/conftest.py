@@ -33,6 +33,19 @@ def smollm2_model():
 
 
 @pytest.fixture(scope="session")
+def tiny_llama(smollm2_vocabulary: Vocabulary):
+    """A tiny random-weight Llama over SmolLM2's vocabulary (seeded): where the weights do not matter, the grammar
+    does all the work. Shared read-only: engines keep their own KV caches; a test that changes it copies it first."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=smollm2_vocabulary.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
 def byte_vocabulary() -> Vocabulary:
     """Every single byte as a token, plus a few multi-byte tokens and an end-of-sequence id."""
     tokens = [bytes([b]) for b in range(256)] + [b'{"', b'":', b' "', b'",', b"true", b"null", b"\xc3\xa9"]

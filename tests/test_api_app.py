@@ -14,7 +14,6 @@ import json
 import httpx
 import jsonschema
 import pytest
-import torch
 
 from strictcall.grammars.compiler import GrammarCompiler
 from strictcall.grammars.formats import detect_format
@@ -36,13 +35,7 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
-def _serving(tokenizer, vocabulary, *, slots: int = 4, max_waiting: int = 64, start: bool = True) -> ServingState:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocabulary.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
-    model = LlamaForCausalLM(config).eval()
+def _serving(tokenizer, vocabulary, model, *, slots: int = 4, max_waiting: int = 64, start: bool = True) -> ServingState:
     fmt = detect_format(tokenizer.chat_template)
     compiler = GrammarCompiler(vocabulary)
     engine = Engine(ModelRunner(model, slots, 1024), vocabulary, tokenizer, EngineConfig(max_waiting=max_waiting))
@@ -52,8 +45,8 @@ def _serving(tokenizer, vocabulary, *, slots: int = 4, max_waiting: int = 64, st
 
 
 @pytest.fixture(scope="module")
-def serving(smollm2_tokenizer, smollm2_vocabulary):
-    state = _serving(smollm2_tokenizer, smollm2_vocabulary)
+def serving(smollm2_tokenizer, smollm2_vocabulary, tiny_llama):
+    state = _serving(smollm2_tokenizer, smollm2_vocabulary, tiny_llama)
     yield state
     state.engine.shutdown()
 
@@ -186,8 +179,8 @@ def test_unknown_route_and_method_are_openai_shaped(app) -> None:
     assert response.status_code == 405 and error_of(response)["code"] == "method_not_allowed"
 
 
-def test_queue_full_is_429(smollm2_tokenizer, smollm2_vocabulary) -> None:
-    stalled = _serving(smollm2_tokenizer, smollm2_vocabulary, slots=1, max_waiting=1, start=False)  # nothing is ever served
+def test_queue_full_is_429(smollm2_tokenizer, smollm2_vocabulary, tiny_llama) -> None:
+    stalled = _serving(smollm2_tokenizer, smollm2_vocabulary, tiny_llama, slots=1, max_waiting=1, start=False)  # nothing is ever served
     response = chat(make_app(stalled), n=3)
     assert response.status_code == 429, response.text
     assert error_of(response)["code"] == "rate_limit_exceeded"

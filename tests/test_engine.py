@@ -31,16 +31,6 @@ TOOLS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(smollm2_vocabulary: Vocabulary):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=smollm2_vocabulary.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
-    return LlamaForCausalLM(config).eval()
-
-
 def make_engine(model, vocabulary, tokenizer, *, slots: int = 4, jump_forward: bool = True, chunk: int = 256) -> Engine:
     return Engine(ModelRunner(model, slots, 512), vocabulary, tokenizer, EngineConfig(prefill_chunk_tokens=chunk, jump_forward=jump_forward))
 
@@ -73,10 +63,10 @@ def prompts(tokenizer) -> list[list[int]]:
     return [tokenizer.encode(t) for t in ("What is the weather in Paris?", "Hi", "Tell me the time in Berlin, please, now.")]
 
 
-def test_batched_greedy_equals_one_at_a_time_with_joins(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+def test_batched_greedy_equals_one_at_a_time_with_joins(tiny_llama, smollm2_vocabulary, smollm2_tokenizer) -> None:
     requests = [EngineRequest(f"r{i}", p, GREEDY, max_tokens=12) for i, p in enumerate(prompts(smollm2_tokenizer))]
-    alone = {r.request_id: output_ids(run(make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer), [r])[r.request_id]) for r in requests}
-    together = run(make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer, chunk=4), requests, join_after={"r1": 3, "r2": 7})
+    alone = {r.request_id: output_ids(run(make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer), [r])[r.request_id]) for r in requests}
+    together = run(make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer, chunk=4), requests, join_after={"r1": 3, "r2": 7})
     for r in requests:
         assert output_ids(together[r.request_id]) == alone[r.request_id], (r.request_id, [(e.token_ids, e.finish_reason, e.error) for e in together[r.request_id]])
         assert together[r.request_id][-1].finish_reason == "length"
@@ -84,13 +74,13 @@ def test_batched_greedy_equals_one_at_a_time_with_joins(tiny_model, smollm2_voca
 
 
 @pytest.mark.parametrize("jump_forward", [True, False])
-def test_random_model_constrained_outputs_are_valid_tool_calls(tiny_model, smollm2_vocabulary, smollm2_tokenizer, jump_forward: bool) -> None:
+def test_random_model_constrained_outputs_are_valid_tool_calls(tiny_llama, smollm2_vocabulary, smollm2_tokenizer, jump_forward: bool) -> None:
     turn = ToolGrammarCompiler(GrammarCompiler(smollm2_vocabulary), GENERIC).compile_turn(TOOLS, "required")
     requests = [
         EngineRequest(f"r{seed}", prompts(smollm2_tokenizer)[seed % 3], SamplingParams(temperature=1.0, seed=seed), max_tokens=200, grammar=turn)
         for seed in range(6)
     ]
-    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer, jump_forward=jump_forward)
+    engine = make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer, jump_forward=jump_forward)
     results = run(engine, requests)
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
     num_complete = 0
@@ -112,13 +102,13 @@ def test_random_model_constrained_outputs_are_valid_tool_calls(tiny_model, smoll
         assert engine.stats.num_jump_forward_tokens == 0
 
 
-def test_jump_forward_saves_model_steps_and_keeps_greedy_output_valid(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+def test_jump_forward_saves_model_steps_and_keeps_greedy_output_valid(tiny_llama, smollm2_vocabulary, smollm2_tokenizer) -> None:
     turn = ToolGrammarCompiler(GrammarCompiler(smollm2_vocabulary), GENERIC).compile_turn(TOOLS, {"type": "function", "function": {"name": "get_time"}})
     request = EngineRequest("r", prompts(smollm2_tokenizer)[0], GREEDY, max_tokens=100, grammar=turn)
     steps = {}
     outputs = {}
     for jump in (False, True):
-        engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer, jump_forward=jump)
+        engine = make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer, jump_forward=jump)
         events = run(engine, [request])["r"]
         outputs[jump] = text(events)
         steps[jump] = engine.stats.num_steps
@@ -131,18 +121,18 @@ def test_jump_forward_saves_model_steps_and_keeps_greedy_output_valid(tiny_model
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_engine_matches_cpu_and_keeps_calls_valid(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+def test_cuda_engine_matches_cpu_and_keeps_calls_valid(tiny_llama, smollm2_vocabulary, smollm2_tokenizer) -> None:
     # On CUDA the bitmasks are filled while the forward runs asynchronously; the outputs must not change.
     turn = ToolGrammarCompiler(GrammarCompiler(smollm2_vocabulary), GENERIC).compile_turn(TOOLS, "required")
     requests = [EngineRequest(f"r{i}", p, GREEDY, max_tokens=60, grammar=turn) for i, p in enumerate(prompts(smollm2_tokenizer))]
-    on_cpu = run(make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer), requests)
-    on_gpu = run(make_engine(copy.deepcopy(tiny_model).cuda(), smollm2_vocabulary, smollm2_tokenizer), requests)
+    on_cpu = run(make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer), requests)
+    on_gpu = run(make_engine(copy.deepcopy(tiny_llama).cuda(), smollm2_vocabulary, smollm2_tokenizer), requests)
     for r in requests:
         assert output_ids(on_gpu[r.request_id]) == output_ids(on_cpu[r.request_id])
 
 
-def test_prefix_of_a_finished_request_is_reused(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
-    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer)
+def test_prefix_of_a_finished_request_is_reused(tiny_llama, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    engine = make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer)
     prompt = prompts(smollm2_tokenizer)[2]
     first = run(engine, [EngineRequest("a", prompt, GREEDY, max_tokens=5)])["a"]
     second = run(engine, [EngineRequest("b", prompt + [11, 12], GREEDY, max_tokens=5)])["b"]
@@ -152,25 +142,25 @@ def test_prefix_of_a_finished_request_is_reused(tiny_model, smollm2_vocabulary, 
     assert output_ids(again) == output_ids(first)
 
 
-def test_stop_strings_and_max_tokens(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
-    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer)
+def test_stop_strings_and_max_tokens(tiny_llama, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    engine = make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer)
     grammar = GrammarCompiler(smollm2_vocabulary).compile_regex("abc(def)+")
     events = run(engine, [EngineRequest("s", [1, 2, 3], GREEDY, max_tokens=50, stop=("de",), grammar=grammar)])["s"]
     assert text(events) == "abc" and events[-1].finish_reason == "stop"
 
 
-def test_a_failing_request_leaves_the_others_untouched(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
-    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer)
+def test_a_failing_request_leaves_the_others_untouched(tiny_llama, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    engine = make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer)
     impossible = GrammarCompiler(smollm2_vocabulary).compile_regex("[^\\x00-\\U0010FFFF]")
     good = EngineRequest("good", prompts(smollm2_tokenizer)[0], GREEDY, max_tokens=8)
-    reference = output_ids(run(make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer), [good])["good"])
+    reference = output_ids(run(make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer), [good])["good"])
     results = run(engine, [good, EngineRequest("bad", [1, 2], GREEDY, grammar=impossible)])
     assert results["bad"][-1].finish_reason == "error" and "matches no string" in results["bad"][-1].error
     assert output_ids(results["good"]) == reference
 
 
-def test_cancellation_frees_the_slot(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
-    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer, slots=1)
+def test_cancellation_frees_the_slot(tiny_llama, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    engine = make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer, slots=1)
     engine.start()
     try:
         async def scenario() -> tuple[list[EngineEvent], list[EngineEvent]]:
@@ -191,8 +181,8 @@ def test_cancellation_frees_the_slot(tiny_model, smollm2_vocabulary, smollm2_tok
         engine.shutdown()
 
 
-def test_bad_submissions_are_refused_up_front(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
-    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer)
+def test_bad_submissions_are_refused_up_front(tiny_llama, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    engine = make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer)
     with pytest.raises(ValueError, match="context"):
         engine.submit(EngineRequest("x", [1] * 600), lambda e: None)
     with pytest.raises(ValueError, match="max_tokens"):
@@ -201,9 +191,9 @@ def test_bad_submissions_are_refused_up_front(tiny_model, smollm2_vocabulary, sm
         engine.submit(EngineRequest("x", [1], max_tokens=4, min_tokens=5), lambda e: None)
 
 
-def test_min_tokens_holds_back_the_end_of_sequence(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
+def test_min_tokens_holds_back_the_end_of_sequence(tiny_llama, smollm2_vocabulary, smollm2_tokenizer) -> None:
     # A head that always prefers EOS, then token 42: without min_tokens the turn ends at once.
-    model = copy.deepcopy(tiny_model)
+    model = copy.deepcopy(tiny_llama)
     model.lm_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
     torch.nn.init.zeros_(model.lm_head.weight)
     torch.nn.init.zeros_(model.lm_head.bias)
@@ -235,8 +225,8 @@ def test_batched_equals_single_on_smollm2(smollm2_model) -> None:
             assert calls and all(json.dumps(c.arguments) for c in calls)
 
 
-def test_call_opening_bias_follows_the_opening_only_while_the_output_is_on_it(tiny_model, smollm2_vocabulary, smollm2_tokenizer) -> None:
-    engine = make_engine(tiny_model, smollm2_vocabulary, smollm2_tokenizer)
+def test_call_opening_bias_follows_the_opening_only_while_the_output_is_on_it(tiny_llama, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    engine = make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer)
     prompt = prompts(smollm2_tokenizer)[0]
     opening = tuple(smollm2_tokenizer.encode("<tool_call>", add_special_tokens=False))
     results = run(engine, [

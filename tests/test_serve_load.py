@@ -161,11 +161,10 @@ ENUM_TOOLS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_server(smollm2_tokenizer, smollm2_vocabulary):
+def tiny_server(smollm2_tokenizer, smollm2_vocabulary, tiny_llama):
     """A real HTTP server (uvicorn in a thread) for the app on a tiny random-weight Llama: the grammar does all the work."""
     import torch
     import uvicorn
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from strictcall.grammars.compiler import GrammarCompiler
     from strictcall.grammars.formats import detect_format
@@ -179,13 +178,9 @@ def tiny_server(smollm2_tokenizer, smollm2_vocabulary):
     # other (measured here: a 2-row forward took 250 ms with 2 threads, 1 ms with 1).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=smollm2_vocabulary.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
-    model = LlamaForCausalLM(config).eval()
     fmt = detect_format(smollm2_tokenizer.chat_template)
     compiler = GrammarCompiler(smollm2_vocabulary)
-    engine = Engine(ModelRunner(model, 4, 1024), smollm2_vocabulary, smollm2_tokenizer, EngineConfig())
+    engine = Engine(ModelRunner(tiny_llama, 4, 1024), smollm2_vocabulary, smollm2_tokenizer, EngineConfig())
     engine.start()
     serving = ServingState(smollm2_tokenizer, smollm2_vocabulary, fmt, compiler, ToolGrammarCompiler(compiler, fmt), engine, 1024)
     app = create_app(ServerConfig(served_model_names=("tiny",), max_model_len=1024), loader=lambda c: serving)  # lifespan stops the engine
