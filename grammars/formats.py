@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from strictcall.grammars.regex import escape
+from strictcall.grammars.signatures import python_signature
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class ToolCallFormat:
     def render_tools_prompt(self, tools: list[dict[str, Any]], tool_choice_mode: str = "auto") -> str:
         """A system message that describes the tools and the exact call syntax, for templates without tools.
 
-        The syntax is shown with schematic names only (`<tool name>`, `<parameter>`, `<value>`), never as an
+        Each tool is shown as a Python function signature with a docstring (`signatures.py` says why). The syntax is shown with schematic names only (`<tool name>`, `<parameter>`, `<value>`), never as an
         example call of an offered tool: SmolLM2-135M copied such an example's placeholder values (`1`,
         `"..."`) into its real calls and favoured the example's tool (BFCL `required`, 2026-11-23).
 
@@ -112,11 +113,8 @@ class ToolCallFormat:
             tool_choice_mode: `auto` adds when to answer in plain text; `required`/`named` ask for a call;
                 `none` says not to call (the tools are still shown, as OpenAI and vLLM do).
         """
-        lines = ["You can call the following tools. Each tool's parameters are given as a JSON Schema.", ""]
-        for tool in tools:
-            function = tool["function"]
-            lines.append(f"- {function['name']}: {function.get('description', '').strip()}")
-            lines.append(f"  parameters: {json.dumps(function.get('parameters', {}), ensure_ascii=False)}")
+        lines = ["You can call the following tools, written as Python functions:", ""]
+        lines.append("\n\n".join(python_signature(tool["function"]) for tool in tools))
         lines += [
             "",
             "To call a tool, answer with the call and nothing else, written exactly like this, with the argument "
