@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from strictcall.server.config import ServerConfig
+from strictcall.server.config import DEFAULT_MODEL_AUTO_TOOL_BIAS, ServerConfig
 
 logger = logging.getLogger("strictcall.server")
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-jump-forward", action="store_const", const=False, dest="jump_forward",
         help="do not append grammar-forced text without model steps")
     add("--auto-tool-bias", type=float, help="in tool_choice auto, added to the logit of the next token of a call's opening (the "
-                                            "format's trigger) while the turn is on it (default: 3.5 for the default model, which never calls unbiased; "
+                                            f"format's trigger) while the turn is on it (default: {DEFAULT_MODEL_AUTO_TOOL_BIAS} for the default model, which never calls unbiased; "
                                             "0, the model decides, for others)")
     add("--prefill-chunk-tokens", type=int, help="prompt tokens prefilled per engine step (default 256)")
     add("--max-waiting", type=int, help="requests queued beyond the running batch before 429 (default 256)")

@@ -22,7 +22,7 @@ OTHER_ENV_VARS = frozenset({"STRICTCALL_CACHE_DIR"})
 
 
 # SmolLM2-135M-Instruct (the default model) never opens a call in `auto` mode unbiased; see ServerConfig.auto_tool_bias.
-DEFAULT_MODEL_AUTO_TOOL_BIAS = 3.5
+DEFAULT_MODEL_AUTO_TOOL_BIAS = 3.75
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,9 @@ class ServerConfig:
         jump_forward: append the text a grammar forces without model steps.
         auto_tool_bias: in `tool_choice: auto`, in a turn that answers a user message (not a tool result), added to
             the logit of the next token of the format's trigger (`<tool_call>`) while the turn so far is a prefix
-            of it: > 0 makes a model that under-calls call more; 0 leaves the choice to the model. None: 3.5 for
-            the default model (SmolLM2-135M never starts a call unbiased; 3.5 was tuned on BFCL cases 100-129 of
-            simple and irrelevance), else 0. A request may set its own (`"strictcall": {"auto_tool_bias": ...}`).
+            of it: > 0 makes a model that under-calls call more; 0 leaves the choice to the model. None:
+            `DEFAULT_MODEL_AUTO_TOOL_BIAS` for the default model (SmolLM2-135M never starts a call unbiased; the
+            value was tuned on BFCL cases 100-199 of simple and irrelevance), else 0. A request may set its own (`"strictcall": {"auto_tool_bias": ...}`).
         prefill_chunk_tokens / max_waiting: engine scheduling (see `EngineConfig`).
         max_body_bytes: largest request body; larger ones get 413. Cost: the body is held in memory.
         max_tools: most tools per request (OpenAI's limit is 128). Each new tool costs a grammar compile.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from strictcall.server.cli import build_parser, config_from_args, main
-from strictcall.server.config import ServerConfig, default_model_name
+from strictcall.server.config import DEFAULT_MODEL_AUTO_TOOL_BIAS, ServerConfig, default_model_name
 
 
 def config(argv: list[str], env: dict[str, str] | None = None, monkeypatch=None) -> ServerConfig:
@@ -26,7 +26,7 @@ def test_defaults_are_safe(monkeypatch) -> None:
     c = config([], monkeypatch=monkeypatch)
     assert (c.host, c.port, c.api_key, c.cors_origins) == ("127.0.0.1", 8000, None, ())
     assert c.model_names == ("SmolLM2-135M-Instruct",) and c.jump_forward
-    assert c.effective_auto_tool_bias == 3.5 and config(["--model", "/m/x.gguf"], monkeypatch=monkeypatch).effective_auto_tool_bias == 0.0
+    assert c.effective_auto_tool_bias == DEFAULT_MODEL_AUTO_TOOL_BIAS > 0 and config(["--model", "/m/x.gguf"], monkeypatch=monkeypatch).effective_auto_tool_bias == 0.0
 
 
 def test_flags(monkeypatch) -> None:
