@@ -8,6 +8,7 @@ Usage:
   .venv/bin/python benchmarks/bfcl.py --base-url http://127.0.0.1:8000/v1 [--api-key K]
       [--categories simple,multiple,irrelevance] [--tool-choice auto|required] [--limit N] [--offset K]
       [--unconstrained]   # strictcall only: `"strictcall": {"constrained": false}` for the A/B comparison
+      [--strictcall JSON] # strictcall only: any per-request extension, e.g. '{"jump_forward": false}'
 Results: a Markdown table on stdout and a JSON file (--out, default .bench/bfcl-<label>.json).
 """
 
@@ -46,8 +47,9 @@ def run_case(client: Any, model: str, record: dict[str, Any], args: argparse.Nam
         if args.parallel_tool_calls != "default":
             # BFCL's single-turn categories here expect at most one call: say so, as a client would.
             request["parallel_tool_calls"] = args.parallel_tool_calls == "true" or "parallel" in record["category"]
-    if args.unconstrained:
-        request["extra_body"] = {"strictcall": {"constrained": False}}
+    extension = {**args.strictcall, **({"constrained": False} if args.unconstrained else {})}
+    if extension:
+        request["extra_body"] = {"strictcall": extension}
     started = time.perf_counter()
     try:
         response = client.chat.completions.create(**request)
@@ -128,6 +130,8 @@ def main() -> None:
                         help="per-category: false for the single-call categories (simple, multiple, irrelevance); "
                              "default: do not send the field")
     parser.add_argument("--unconstrained", action="store_true", help="strictcall's A/B switch: no grammar for these requests")
+    parser.add_argument("--strictcall", type=json.loads, default={}, metavar="JSON",
+                        help='strictcall only: the per-request extension for every request, e.g. \'{"jump_forward": false}\'')
     parser.add_argument("--label", default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
