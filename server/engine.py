@@ -418,31 +418,52 @@ class Engine:
             return
         new_tokens, logprobs = [token], [logprob] if logprob else []
         if token not in self._eos and not self._at_limit(seq, 1):
-            budget = min(seq.request.max_tokens - len(seq.output_ids), self.runner.max_model_len - len(seq.tokens) - 1) - 1
-            forced = self._forced_tokens(seq, budget)
-            new_tokens += forced
+            budget = min(seq.request.max_tokens - len(seq.output_ids), self.runner.max_model_len - len(seq.tokens) - 1)
+            new_tokens = self._with_forced_tokens(seq, token, budget)
+            if logprob and new_tokens[0] != token:  # the sampled token merged with forced text: the model's choice
+                logprobs = [TokenLogprob(new_tokens[0], logprob.logprob, logprob.top)]
             if seq.request.sampling.logprobs:
-                logprobs += [TokenLogprob(t, 0.0) for t in forced]
-            self.stats.num_jump_forward_tokens += len(forced)
+                logprobs += [TokenLogprob(t, 0.0) for t in new_tokens[1:]]
+            self.stats.num_jump_forward_tokens += len(new_tokens) - 1
         if seq.matcher is not None:
             self.stats.grammar_seconds += time.perf_counter() - started
         self._emit(seq, new_tokens, logprobs)
 
-    def _forced_tokens(self, seq: _Sequence, budget: int) -> list[int]:
-        """The grammar's forced text as the model would tokenize it, minus the last token (it may merge
-        with what follows: llguidance's fast-forward trap), accepted into the matcher."""
+    def _with_forced_tokens(self, seq: _Sequence, sampled: int, budget: int) -> list[int]:
+        """The sampled token, then the grammar's forced text, as the tokenizer splits them (at most `budget`).
+
+        The two are tokenized together, so `ec` + forced `ological_impact` becomes `ecological`, `_impact`
+        and `]` + forced `, "` becomes `],`, ` "`: the model goes on from the split it was trained on.
+        Neither token has reached the model yet, so the merge costs nothing. If the joint split would not
+        cover the sampled token's bytes (a partial character, a split the grammar refuses), the forced text
+        is tokenized on its own after the sampled token. The last token is always left to the model (it may
+        merge with what follows: llguidance's fast-forward trap). Everything returned is accepted.
+        """
         use = self.config.jump_forward if seq.request.jump_forward is None else seq.request.jump_forward
-        if seq.matcher is None or not use or budget < 1:
-            return []
-        data = seq.matcher.forced_bytes()
-        if not data:
-            return []
+        matcher = seq.matcher
+        forced = matcher.forced_bytes() if matcher is not None and use and budget >= 2 else b""
+        if not forced:
+            return [sampled]
+        head = self.vocabulary.token_bytes[sampled] or b""
+        matcher.rollback(1)  # type: ignore[union-attr]
+        joint = self._accept_tokenized(matcher, head + forced, budget)
+        if len(b"".join(self.vocabulary.token_bytes[t] or b"" for t in joint)) >= len(head) > 0:
+            return joint
+        matcher.rollback(len(joint))  # type: ignore[union-attr]
+        matcher.accept_token(sampled)  # type: ignore[union-attr]
+        return [sampled] + self._accept_tokenized(matcher, forced, budget - 1)
+
+    def _accept_tokenized(self, matcher: GrammarMatcher | TurnMatcher, data: bytes, budget: int) -> list[int]:
+        """`data` tokenized (minus its last token), accepted into the matcher as far as the grammar takes it;
+        nothing if the tokens do not spell a prefix of `data` (an undecodable byte)."""
         text = data.decode("utf-8", errors="ignore")  # a partial last character stays for the model
         ids = self.tokenizer.encode(text, add_special_tokens=False)[:-1][:budget]
+        if not data.startswith(b"".join(self.vocabulary.token_bytes[t] or b"" for t in ids)):
+            return []
         accepted = []
         for token in ids:
-            if not seq.matcher.accept_token(token):
-                break  # a tokenizer split the grammar does not take: let the model go on from here
+            if not matcher.accept_token(token):
+                break  # a split the grammar does not take: let the model go on from here
             accepted.append(token)
         return accepted
 

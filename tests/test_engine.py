@@ -119,6 +119,30 @@ def test_jump_forward_saves_model_steps_and_keeps_greedy_output_valid(tiny_llama
     assert engine.stats.grammar_seconds > 0
 
 
+@pytest.mark.parametrize("logprobs", [False, True])
+def test_a_sampled_token_and_the_forced_text_after_it_are_split_as_the_tokenizer_would(
+        tiny_llama, smollm2_vocabulary, smollm2_tokenizer, logprobs: bool) -> None:
+    # The model is pushed to start the name with `ec` (only `ecological_impact` starts so); the rest of the name
+    # is then forced. Tokenized on its own it would be `ological`, `_`, ...: together it is `ecological`, `_`, ...
+    tools = [{"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
+             for name in ("ecological_impact", "financial_ratios")]
+    turn = ToolGrammarCompiler(GrammarCompiler(smollm2_vocabulary), GENERIC).compile_turn(tools, "required")
+    (ec,) = smollm2_tokenizer.encode("ec", add_special_tokens=False)
+    sampling = SamplingParams(temperature=0.0, logprobs=logprobs, top_logprobs=2 if logprobs else 0)
+    request = EngineRequest("r", prompts(smollm2_tokenizer)[0], sampling, max_tokens=60, grammar=turn, logit_bias=((ec, 100.0),))
+    engine = make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer)
+    events = run(engine, [request])["r"]
+    ids, out = output_ids(events), text(events)
+    assert GENERIC.parse_tool_calls(out)[1][0].name == "ecological_impact"
+    content = [t for t in ids if t not in smollm2_vocabulary.eos_token_ids]
+    assert ec not in content and content == smollm2_tokenizer.encode(out, add_special_tokens=False)  # the whole call
+    if logprobs:
+        entries = [entry for e in events for entry in e.logprobs]
+        assert [entry.token_id for entry in entries] == ids
+        merged = next(entry for entry in entries if smollm2_vocabulary.token_bytes[entry.token_id] == b"ecological")
+        assert len(merged.top) == 2  # the model's own choice (of `ec`, with its alternatives), not a forced token
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_engine_matches_cpu_and_keeps_calls_valid(tiny_llama, smollm2_vocabulary, smollm2_tokenizer) -> None:
