@@ -104,7 +104,8 @@ class ToolCallFormat:
     def render_tools_prompt(self, tools: list[dict[str, Any]], tool_choice_mode: str = "auto") -> str:
         """A system message that describes the tools and the exact call syntax, for templates without tools.
 
-        Each tool is shown as a Python function signature with a docstring (`signatures.py` says why). The syntax is shown with schematic names only (`<tool name>`, `<parameter>`, `<value>`), never as an
+        Each tool is shown as a Python function signature with a docstring (`signatures.py` says why). The
+        syntax is shown with schematic names only (`<tool name>`, `<parameter>`, `<value>`), never as an
         example call of an offered tool: SmolLM2-135M copied such an example's placeholder values (`1`,
         `"..."`) into its real calls and favoured the example's tool (BFCL `required`, 2026-11-23).
 

@@ -16,8 +16,9 @@ import json
 from typing import Any
 
 _PYTHON_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "null": "None", "array": "list", "object": "dict"}
-# Keywords a Python type (with the description and default) says completely; any other keyword, or a
-# nested object's properties, puts the parameter's JSON Schema in its docstring line.
+# Keywords a Python type (with the description and default) says completely; any other keyword, a string
+# `format` (the grammar enforces it) or a nested object's properties put the JSON Schema in the docstring.
+# (`format` on a number is ignored by the grammar; BFCL writes `"format": "float"` on hundreds of them.)
 _PLAIN_KEYWORDS = frozenset({"type", "description", "enum", "const", "items", "default", "title", "anyOf", "oneOf", "format"})
 
 
@@ -46,6 +47,8 @@ def python_type(schema: Any) -> str:
 def is_plain(schema: Any) -> bool:
     """Whether `python_type` with the description says all of this schema (no nested objects, no bounds)."""
     if not isinstance(schema, dict) or not set(schema) <= _PLAIN_KEYWORDS:
+        return False
+    if "format" in schema and schema.get("type") not in ("number", "integer"):
         return False
     if schema.get("type") == "object" or (isinstance(schema.get("type"), list) and "object" in schema["type"]):
         return False

@@ -441,16 +441,18 @@ class Engine:
         """
         use = self.config.jump_forward if seq.request.jump_forward is None else seq.request.jump_forward
         matcher = seq.matcher
-        forced = matcher.forced_bytes() if matcher is not None and use and budget >= 2 else b""
+        if matcher is None or not use or budget < 2:
+            return [sampled]
+        forced = matcher.forced_bytes()
         if not forced:
             return [sampled]
         head = self.vocabulary.token_bytes[sampled] or b""
-        matcher.rollback(1)  # type: ignore[union-attr]
+        matcher.rollback(1)
         joint = self._accept_tokenized(matcher, head + forced, budget)
         if len(b"".join(self.vocabulary.token_bytes[t] or b"" for t in joint)) >= len(head) > 0:
             return joint
-        matcher.rollback(len(joint))  # type: ignore[union-attr]
-        matcher.accept_token(sampled)  # type: ignore[union-attr]
+        matcher.rollback(len(joint))
+        matcher.accept_token(sampled)
         return [sampled] + self._accept_tokenized(matcher, forced, budget - 1)
 
     def _accept_tokenized(self, matcher: GrammarMatcher | TurnMatcher, data: bytes, budget: int) -> list[int]:

@@ -77,6 +77,7 @@ def test_what_a_python_type_cannot_say_is_given_as_json_schema() -> None:
     nested = {"type": "array", "description": "Conditions.", "items": {"type": "object", "required": ["field"],
                                                                     "properties": {"field": {"type": "string", "description": "The field."}}}}
     bounded = {"type": "integer", "minimum": 1, "description": "How many."}
+    assert not is_plain({"type": "string", "format": "date"}) and is_plain({"type": "number", "format": "float"})
     function = {"name": "query", "parameters": {"type": "object", "properties": {"where": nested, "limit": bounded, "table": {"type": "string"}}}}
     signature = python_signature(function)
     assert not is_plain(nested) and not is_plain(bounded) and is_plain({"type": "string", "description": "x"})
