@@ -27,9 +27,9 @@ def python_type(schema: Any) -> str:
     if not isinstance(schema, dict):
         return "Any"
     if "const" in schema:
-        return f"Literal[{_literal(schema['const'])}]"
+        return f"Literal[{_python_literal(schema['const'])}]"
     if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return "Literal[" + ", ".join(_literal(v) for v in schema["enum"]) + "]"
+        return "Literal[" + ", ".join(_python_literal(v) for v in schema["enum"]) + "]"
     for key in ("anyOf", "oneOf"):
         if isinstance(schema.get(key), list) and schema[key]:
             return " | ".join(dict.fromkeys(python_type(s) for s in schema[key]))
@@ -90,10 +90,6 @@ def python_signature(function: dict[str, Any]) -> str:
         lines += ["", "    Args:", *(d.replace('"""', "'''") for d in docs)]
     lines.append('    """')
     return "\n".join(lines)
-
-
-def _literal(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else _python_literal(value)
 
 
 def _python_literal(value: Any) -> str:

@@ -142,6 +142,10 @@ class Vocabulary:
             eos_token_ids = ends
         return cls(token_bytes, eos_token_ids, vocab_size or size)
 
+    def bytes_of(self, token_ids: Iterable[int]) -> bytes:
+        """The bytes these tokens spell (special tokens spell nothing)."""
+        return b"".join(self.token_bytes[t] or b"" for t in token_ids)
+
     @property
     def num_words(self) -> int:
         """Width of a token bitmask row: ceil(vocab_size / 32) int32 words."""

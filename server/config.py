@@ -46,7 +46,8 @@ class ServerConfig:
             the logit of the next token of the format's trigger (`<tool_call>`) while the turn so far is a prefix
             of it: > 0 makes a model that under-calls call more; 0 leaves the choice to the model. None:
             `DEFAULT_MODEL_AUTO_TOOL_BIAS` for the default model (SmolLM2-135M never starts a call unbiased; the
-            value was tuned on BFCL cases 100-199 of simple and irrelevance), else 0. A request may set its own (`"strictcall": {"auto_tool_bias": ...}`).
+            value was tuned on BFCL cases 100-199 of simple and irrelevance), else 0. A request may set its own
+            (`"strictcall": {"auto_tool_bias": ...}`).
         prefill_chunk_tokens / max_waiting: engine scheduling (see `EngineConfig`).
         max_body_bytes: largest request body; larger ones get 413. Cost: the body is held in memory.
         max_tools: most tools per request (OpenAI's limit is 128). Each new tool costs a grammar compile.

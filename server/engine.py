@@ -449,7 +449,7 @@ class Engine:
         head = self.vocabulary.token_bytes[sampled] or b""
         matcher.rollback(1)
         joint = self._accept_tokenized(matcher, head + forced, budget)
-        if len(b"".join(self.vocabulary.token_bytes[t] or b"" for t in joint)) >= len(head) > 0:
+        if len(self.vocabulary.bytes_of(joint)) >= len(head) > 0:
             return joint
         matcher.rollback(len(joint))
         matcher.accept_token(sampled)
@@ -460,7 +460,7 @@ class Engine:
         nothing if the tokens do not spell a prefix of `data` (an undecodable byte)."""
         text = data.decode("utf-8", errors="ignore")  # a partial last character stays for the model
         ids = self.tokenizer.encode(text, add_special_tokens=False)[:-1][:budget]
-        if not data.startswith(b"".join(self.vocabulary.token_bytes[t] or b"" for t in ids)):
+        if not data.startswith(self.vocabulary.bytes_of(ids)):
             return []
         accepted = []
         for token in ids:

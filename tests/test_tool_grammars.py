@@ -279,7 +279,7 @@ def test_logits_processor_constrains_generate_on_a_random_model(compilers, vocab
                              logits_processor=[ConstrainedLogitsProcessor(matchers, vocabulary.vocab_size)],
                              eos_token_id=list(vocabulary.eos_token_ids), pad_token_id=vocabulary.eos_token_ids[0])
     for row, matcher in zip(out[:, prompt.shape[1]:].tolist(), matchers):
-        text = b"".join(vocabulary.token_bytes[t] or b"" for t in row).decode("utf-8", errors="replace")
+        text = vocabulary.bytes_of(row).decode("utf-8", errors="replace")
         if matcher.is_terminated():
             check_turn(text, GENERIC, [WEATHER, TIME], "required", False, None)
         else:  # cut by max_new_tokens: a prefix the grammar still allows

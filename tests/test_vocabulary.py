@@ -19,6 +19,7 @@ TEXTS = [
 def test_token_bytes_concatenate_to_the_text(smollm2_tokenizer, smollm2_vocabulary: Vocabulary, text: str) -> None:
     ids = smollm2_tokenizer.encode(text, add_special_tokens=False)
     assert b"".join(smollm2_vocabulary.token_bytes[i] for i in ids) == text.encode("utf-8")
+    assert smollm2_vocabulary.bytes_of([*ids, *smollm2_vocabulary.eos_token_ids]) == text.encode("utf-8")  # specials spell nothing
 
 
 def test_special_tokens_emit_no_content_and_end_of_turn_is_eos(smollm2_tokenizer, smollm2_vocabulary: Vocabulary) -> None:
