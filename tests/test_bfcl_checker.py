@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "bfcl"
 _spec = importlib.util.spec_from_file_location("bfcl_checker", ROOT / "benchmarks" / "bfcl_checker.py")
 checker = importlib.util.module_from_spec(_spec)
 sys.modules["bfcl_checker"] = checker  # dataclasses look their module up there
@@ -84,9 +83,10 @@ def first_accepted(answer):
 
 
 @pytest.mark.parametrize("category", ["simple", "multiple"])
-def test_bfcl_reference_answers_pass(category: str) -> None:
-    with open(DATA / f"{category}.jsonl") as f:
+def test_bfcl_reference_answers_pass(data_dir: Path, category: str) -> None:
+    with open(data_dir / "bfcl" / f"{category}.jsonl") as f:
         records = [json.loads(line) for line in f]
+    assert len(records) >= 40  # the sample holds 100 simple, 50 multiple; an empty file would pass the loop
     reverse = {}
     for record in records:
         expected_name, accepted = next(iter(record["possible_answer"][0].items()))

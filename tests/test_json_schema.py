@@ -29,8 +29,7 @@ from strictcall.grammars.json_schema import (
 )
 from strictcall.grammars.regex import Alternation, CharClass, Concat, Node, parse_regex
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the repository
-NUM_BENCH_SAMPLE = 300
+NUM_BENCH_SAMPLE = 200  # of the 230 JSONSchemaBench records in tests/data
 
 # name, schema, instances that must match, instances that must not.
 CASES = [
@@ -120,9 +119,9 @@ def _load(path: Path) -> list[dict[str, Any]]:
 
 
 @lru_cache(maxsize=1)
-def _bfcl_schemas() -> list[tuple[str, Any]]:
+def _bfcl_schemas(data_dir: Path) -> list[tuple[str, Any]]:
     schemas = {}
-    for path in sorted((DATA / "bfcl").glob("*.jsonl")):
+    for path in sorted((data_dir / "bfcl").glob("*.jsonl")):
         for record in _load(path):
             for tool in record["tools"]:
                 schemas[json.dumps(tool["function"]["parameters"], sort_keys=True)] = (
@@ -131,13 +130,13 @@ def _bfcl_schemas() -> list[tuple[str, Any]]:
 
 
 @lru_cache(maxsize=1)
-def _bench_records() -> list[dict[str, Any]]:
-    return [record for path in sorted((DATA / "jsonschemabench").glob("*.jsonl")) for record in _load(path)]
+def _bench_records(data_dir: Path) -> list[dict[str, Any]]:
+    return [record for path in sorted((data_dir / "jsonschemabench").glob("*.jsonl")) for record in _load(path)]
 
 
-def _bench_sample() -> list[dict[str, Any]]:
+def _bench_sample(data_dir: Path) -> list[dict[str, Any]]:
     """A deterministic sample: the records with the smallest sha256 of their id."""
-    records = sorted(_bench_records(), key=lambda record: hashlib.sha256(record["id"].encode()).hexdigest())
+    records = sorted(_bench_records(data_dir), key=lambda record: hashlib.sha256(record["id"].encode()).hexdigest())
     return records[:NUM_BENCH_SAMPLE]
 
 
@@ -352,10 +351,10 @@ def test_many_optional_properties_stay_linear() -> None:
     parse_regex(regex)  # the nesting is as deep as the properties are many
 
 
-def test_bfcl_tools() -> None:
+def test_bfcl_tools(data_dir: Path) -> None:
     stats: Counter[str] = Counter()
     failures: list[str] = []
-    for path in sorted((DATA / "bfcl").glob("*.jsonl")):
+    for path in sorted((data_dir / "bfcl").glob("*.jsonl")):
         for record in _load(path):
             # BFCL's reference answers, first accepted value per parameter, are instances of the tool's schema.
             answers: dict[str, list[Any]] = {}
@@ -375,13 +374,13 @@ def test_bfcl_tools() -> None:
                 _check_instances(schema, result.regex, valid, [], stats, failures, record["id"])
     print(dict(stats))
     assert not failures, failures[:5]
-    assert stats["valid matched"] > 500
+    assert stats["valid matched"] >= 130  # 147 reference answers in the sample
 
 
-def test_bench_sample_valid_instances_match() -> None:
+def test_bench_sample_valid_instances_match(data_dir: Path) -> None:
     stats: Counter[str] = Counter()
     failures: list[str] = []
-    for record in _bench_sample():
+    for record in _bench_sample(data_dir):
         try:
             result = json_schema_to_regex(record["schema"])
         except UnsupportedSchemaError as error:
@@ -396,10 +395,11 @@ def test_bench_sample_valid_instances_match() -> None:
     assert stats["compiled"] >= 0.75 * NUM_BENCH_SAMPLE
 
 
-def test_random_strings_validate() -> None:
+def test_random_strings_validate(data_dir: Path) -> None:
     rng = random.Random(6)
-    schemas = [schema for _, schema in _bfcl_schemas()][::4] + [row[1] for row in CASES]
-    schemas += [record["schema"] for record in _bench_sample()[:150]]
+    # All 244 BFCL schemas of the sample: as many as one in 4 of the full data set gave.
+    schemas = [schema for _, schema in _bfcl_schemas(data_dir)] + [row[1] for row in CASES]
+    schemas += [record["schema"] for record in _bench_sample(data_dir)[:150]]
     checked = 0
     for schema in schemas:
         try:
@@ -452,11 +452,9 @@ def _strategy(schema: Any) -> st.SearchStrategy[Any]:
 # whose formats it writes differently (date-time, ipv6): the table and the real-data tests cover them.
 HYPOTHESIS_SCHEMAS = [row[:2] for row in CASES if row[0] not in ("tagged oneOf", "allOf merge", "recursive ref",
                                                                   "root ref", "date-time", "ipv6", "prefix items")]
-HYPOTHESIS_SCHEMAS += [(name, schema) for name, schema in _bfcl_schemas()[::60]]
 
 
-@pytest.mark.parametrize("schema", [row[1] for row in HYPOTHESIS_SCHEMAS], ids=[row[0] for row in HYPOTHESIS_SCHEMAS])
-def test_generated_instances_match(schema: dict[str, Any]) -> None:
+def _check_generated_instances(schema: dict[str, Any]) -> None:
     compiled = re.compile(json_schema_to_regex(schema).regex)
     validator = _validator(schema)
 
@@ -473,13 +471,33 @@ def test_generated_instances_match(schema: dict[str, Any]) -> None:
     check()
 
 
-def test_every_bench_schema_compiles_or_is_refused() -> None:
+@pytest.mark.parametrize("schema", [row[1] for row in HYPOTHESIS_SCHEMAS], ids=[row[0] for row in HYPOTHESIS_SCHEMAS])
+def test_generated_instances_match(schema: dict[str, Any]) -> None:
+    _check_generated_instances(schema)
+
+
+def test_generated_instances_match_bfcl_tools(data_dir: Path) -> None:
+    # One unique BFCL schema in 15 of the sample's 244: 17, as one in 60 of the full data set gave. A loop, not
+    # parametrize: the data folder comes from a fixture, which collection cannot use.
+    schemas = _bfcl_schemas(data_dir)[::15]
+    assert len(schemas) >= 15
+    for name, schema in schemas:
+        try:
+            _check_generated_instances(schema)
+        except Exception as error:
+            error.add_note(f"BFCL schema {name}")
+            raise
+
+
+def test_every_bench_schema_compiles_or_is_refused(data_dir: Path) -> None:
     reasons: Counter[str] = Counter()
-    for record in _bench_records():
+    for record in _bench_records(data_dir):
         try:
             json_schema_to_regex(record["schema"])
             reasons["compiled"] += 1
         except UnsupportedSchemaError as error:
             reasons[error.keyword] += 1
     print(sys.getrecursionlimit(), reasons.most_common())
-    assert sum(reasons.values()) == len(_bench_records())
+    # Of the sample's 230 records 211 compile and 19 are refused: both paths are taken, on enough records.
+    num_refused = sum(reasons.values()) - reasons["compiled"]
+    assert reasons["compiled"] >= 180 and num_refused >= 5

@@ -25,8 +25,6 @@ from strictcall.grammars.masks import unpack_token_bitmask
 from strictcall.grammars.matcher import GrammarMatcher
 from strictcall.grammars.vocabulary import Vocabulary
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
@@ -46,11 +44,11 @@ def declared_order(value: Any, schema: Any) -> Any:
     return value
 
 
-def bfcl_cases() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+def bfcl_cases(data_dir: Path) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(tool name, parameters schema, a reference arguments object) for each BFCL simple/multiple case."""
     cases = []
     for category in ("simple", "multiple"):
-        with open(DATA / "bfcl" / f"{category}.jsonl") as f:
+        with open(data_dir / "bfcl" / f"{category}.jsonl") as f:
             for line in f:
                 record = json.loads(line)
                 expected, accepted = next(iter(record["possible_answer"][0].items()))
@@ -76,30 +74,30 @@ def compiler(smollm2_vocabulary: Vocabulary) -> GrammarCompiler:
     return GrammarCompiler(smollm2_vocabulary)
 
 
-def test_bfcl_reference_arguments_are_accepted_token_by_token(compiler, smollm2_tokenizer) -> None:
+def test_bfcl_reference_arguments_are_accepted_token_by_token(compiler, smollm2_tokenizer, data_dir: Path) -> None:
     num_checked = 0
-    for name, schema, arguments in bfcl_cases():
+    for name, schema, arguments in bfcl_cases(data_dir):
         if not jsonschema.Draft202012Validator(schema).is_valid(arguments):
             continue  # BFCL answers that are not instances of the converted schema (the data README counts 0)
         grammar = compiler.compile_json_schema(schema, strict=False)
         text = compact(arguments)
         assert walk_text(GrammarMatcher(grammar), smollm2_tokenizer.encode(text, add_special_tokens=False)), (name, text)
         num_checked += 1
-    assert num_checked >= 550
+    assert num_checked >= 140  # of the 150 simple and multiple cases in the sample
 
 
-def jsb_sample(count: int) -> list[dict[str, Any]]:
+def jsb_sample(data_dir: Path, count: int) -> list[dict[str, Any]]:
     records = []
     for subset in ("Github_easy", "Glaiveai2K", "Kubernetes"):
-        with open(DATA / "jsonschemabench" / f"{subset}.jsonl") as f:
+        with open(data_dir / "jsonschemabench" / f"{subset}.jsonl") as f:
             records += [json.loads(line) for line in f]
     random.Random(6).shuffle(records)
     return [r for r in records if any(t["valid"] for t in r["tests"])][:count]
 
 
-def test_jsonschemabench_valid_instances_are_accepted_token_by_token(compiler, smollm2_tokenizer) -> None:
+def test_jsonschemabench_valid_instances_are_accepted_token_by_token(compiler, smollm2_tokenizer, data_dir: Path) -> None:
     num_checked = 0
-    for record in jsb_sample(120):
+    for record in jsb_sample(data_dir, 120):
         try:
             grammar = compiler.compile_json_schema(record["schema"])
         except (UnsupportedSchemaError, ValueError):
@@ -156,9 +154,10 @@ def random_instance(grammar, vocabulary: Vocabulary, rng: np.random.Generator, m
     return None
 
 
-def test_random_walks_give_valid_instances(compiler, smollm2_vocabulary: Vocabulary) -> None:
+def test_random_walks_give_valid_instances(compiler, smollm2_vocabulary: Vocabulary, data_dir: Path) -> None:
     rng = np.random.default_rng(0)
-    schemas = [schema for _, schema, _ in bfcl_cases()[::25]] + [r["schema"] for r in jsb_sample(40)]
+    # One BFCL case in 6 of the sample's 150: 25 schemas, as many as one in 25 of the full data set gave.
+    schemas = [schema for _, schema, _ in bfcl_cases(data_dir)[::6]] + [r["schema"] for r in jsb_sample(data_dir, 40)]
     num_valid = 0
     for schema in schemas:
         try:
@@ -180,7 +179,7 @@ def test_non_ascii_values_can_be_generated(compiler, smollm2_tokenizer) -> None:
     assert walk_text(GrammarMatcher(grammar), smollm2_tokenizer.encode(text, add_special_tokens=False))
 
 
-def test_masks_equal_outlines_core_on_small_bfcl_schemas(compiler, smollm2_vocabulary: Vocabulary, smollm2_tokenizer) -> None:
+def test_masks_equal_outlines_core_on_small_bfcl_schemas(compiler, smollm2_vocabulary: Vocabulary, smollm2_tokenizer, data_dir: Path) -> None:
     import outlines_core
 
     eos = smollm2_vocabulary.eos_token_ids[0]
@@ -194,7 +193,7 @@ def test_masks_equal_outlines_core_on_small_bfcl_schemas(compiler, smollm2_vocab
             except UnicodeDecodeError:
                 partial.add(token_id)  # outlines-core refuses these in accepting states (see test_grammar_engine)
     vocabulary = outlines_core.Vocabulary(eos, token_map)
-    small = [c for c in bfcl_cases() if len(json_schema_to_regex(c[1], strict=False).regex) < 600][:6]
+    small = [c for c in bfcl_cases(data_dir) if len(json_schema_to_regex(c[1], strict=False).regex) < 600][:6]
     assert len(small) == 6
     for name, schema, arguments in small:
         regex = json_schema_to_regex(schema, strict=False).regex

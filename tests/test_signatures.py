@@ -10,8 +10,6 @@ import pytest
 
 from strictcall.grammars.signatures import is_plain, python_signature, python_type
 
-BFCL = Path(__file__).resolve().parents[2] / "shared" / "data" / "bfcl"
-
 SPEED = {
     "name": "calculate_speed",
     "description": "Calculate the speed of an object.\n  Python 3 syntax.",
@@ -87,9 +85,9 @@ def test_what_a_python_type_cannot_say_is_given_as_json_schema() -> None:
     assert lines["table"] == "table:"
 
 
-def test_every_bfcl_tool_is_valid_python_and_shows_every_parameter_and_description() -> None:
+def test_every_bfcl_tool_is_valid_python_and_shows_every_parameter_and_description(data_dir: Path) -> None:
     count = 0
-    for path in sorted(BFCL.glob("*.jsonl")):
+    for path in sorted((data_dir / "bfcl").glob("*.jsonl")):
         for line in path.read_text().splitlines():
             for tool in json.loads(line)["tools"]:
                 function = tool["function"]
@@ -102,4 +100,4 @@ def test_every_bfcl_tool_is_valid_python_and_shows_every_parameter_and_descripti
                     description = " ".join(schema.get("description", "").split())
                     assert f"        {name}: {description}".rstrip() in signature
                 count += 1
-    assert count > 1000
+    assert count >= 200  # 265 tools in the sample

@@ -22,7 +22,6 @@ from strictcall.grammars.masks import unpack_token_bitmask
 from strictcall.grammars.tools import ToolGrammarCompiler, ToolGrammarError, TurnMatcher
 from strictcall.grammars.vocabulary import Vocabulary
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bfcl"
 MODES = ["auto", "required", "named"]
 WEATHER = {
     "type": "function",
@@ -39,10 +38,10 @@ WEATHER = {
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}}}
 
 
-def bfcl_tool_sets(limit: int) -> list[list[dict]]:
+def bfcl_tool_sets(data_dir: Path, limit: int) -> list[list[dict]]:
     sets = []
     for name in ("simple.jsonl", "multiple.jsonl"):
-        with open(DATA / name) as f:
+        with open(data_dir / "bfcl" / name) as f:
             sets += [json.loads(line)["tools"] for line in f]
     rng = random.Random(0)
     rng.shuffle(sets)
@@ -110,11 +109,11 @@ def check_turn(text: str, fmt, tools: list[dict], mode: str, parallel: bool, nam
 @pytest.mark.parametrize("format_name", sorted(FORMATS))
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("parallel", [True, False])
-def test_random_turns_parse_and_validate(compilers, vocabulary: Vocabulary, smollm2_tokenizer, format_name: str, mode: str, parallel: bool) -> None:
+def test_random_turns_parse_and_validate(compilers, vocabulary: Vocabulary, smollm2_tokenizer, data_dir: Path, format_name: str, mode: str, parallel: bool) -> None:
     fmt = FORMATS[format_name]
     rng = np.random.default_rng(sorted(FORMATS).index(format_name) * 100 + MODES.index(mode) * 10 + parallel)
     num_finished = num_calls = 0
-    for tools in bfcl_tool_sets(6) + [[WEATHER, TIME]]:
+    for tools in bfcl_tool_sets(data_dir, 6) + [[WEATHER, TIME]]:
         named = tools[int(rng.integers(len(tools)))]["function"]["name"] if mode == "named" else None
         choice = {"type": "function", "function": {"name": named}} if named else mode
         matcher = TurnMatcher(compilers[format_name].compile_turn(tools, choice, parallel))
@@ -303,11 +302,11 @@ def test_unsupported_keyword_error_tells_http_users_what_to_set(compilers) -> No
         compilers["hermes"].compile_turn([tool], "auto")
 
 
-def test_every_bfcl_tool_set_gives_valid_turns(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
+def test_every_bfcl_tool_set_gives_valid_turns(compilers, vocabulary: Vocabulary, smollm2_tokenizer, data_dir: Path) -> None:
     """One random turn per BFCL tool set (all of them), cycling through format x tool_choice x parallel."""
     combos = [(f, m, p) for f in sorted(FORMATS) for m in ("required", "named") for p in (True, False)]
     num_finished = 0
-    for i, tools in enumerate(bfcl_tool_sets(10_000)):
+    for i, tools in enumerate(bfcl_tool_sets(data_dir, 10_000)):
         format_name, mode, parallel = combos[i % len(combos)]
         rng = np.random.default_rng(1000 + i)
         named = tools[int(rng.integers(len(tools)))]["function"]["name"] if mode == "named" else None
@@ -317,4 +316,4 @@ def test_every_bfcl_tool_set_gives_valid_turns(compilers, vocabulary: Vocabulary
         if random_turn(matcher, vocabulary, rng, text, max_steps=250):
             check_turn(text.decode("utf-8"), FORMATS[format_name], tools, mode, parallel, named)
             num_finished += 1
-    assert num_finished >= 500
+    assert num_finished >= 120  # of the sample's 150 tool sets (130 finish within 250 steps)
