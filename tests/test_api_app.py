@@ -9,6 +9,7 @@ to the non-streamed ones for the same seed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import httpx
@@ -128,6 +129,8 @@ ERROR_CASES = [
     ("too many stops", {"model": MODEL, "messages": USER, "stop": ["a"] * 17}, 400, "stop", "invalid_value", "16"),
     ("min_tokens above max_tokens", {"model": MODEL, "messages": USER, "max_tokens": 4, "min_tokens": 5}, 400, "min_tokens", "invalid_value",
      "max_tokens"),
+    ("missing model", {"messages": USER}, 400, "model", "missing_required_parameter", "'model'"),
+    ("model not a string", {"model": 123, "messages": USER}, 400, "model", "invalid_value", "'model'"),
     ("extension field typo", {"model": MODEL, "messages": USER, "strictcall": {"constraind": False}}, 400, "strictcall.constraind",
      "unknown_parameter", "constraind"),
 ]
@@ -345,3 +348,57 @@ def test_auto_tool_bias_moves_the_choice_between_answering_and_calling(app, serv
                   {"tools": TOOLS, "tool_choice": "auto", "messages": after_result}):
         chat(app, max_tokens=2, strictcall={"auto_tool_bias": 100}, **extra)
         assert submitted[-1].call_opening == ()
+
+
+# ----- what a request leaves unset, and what is reported back -----
+
+
+def _serving_with_defaults(serving: ServingState, defaults: dict[str, float]) -> ServingState:
+    return dataclasses.replace(serving, sampling_defaults=defaults)
+
+
+def test_a_request_without_max_tokens_gets_the_default_budget(serving) -> None:
+    body = {"model": MODEL, "messages": USER, "strictcall": {"constrained": False}, "ignore_eos": True}
+    assert call(make_app(serving, default_max_tokens=5), "POST", "/v1/chat/completions", json=body).json()["usage"]["completion_tokens"] == 5
+    # The model's generation_config max_new_tokens comes next; the flag wins over it.
+    limited = make_app(_serving_with_defaults(serving, {"max_tokens": 3}))
+    assert call(limited, "POST", "/v1/chat/completions", json=body).json()["usage"]["completion_tokens"] == 3
+    assert call(make_app(_serving_with_defaults(serving, {"max_tokens": 3}), default_max_tokens=4), "POST", "/v1/chat/completions",
+                json=body).json()["usage"]["completion_tokens"] == 4
+
+
+def test_unset_sampling_comes_from_the_model_and_explicit_values_win(serving) -> None:
+    greedy = make_app(_serving_with_defaults(serving, {"temperature": 0.0}))
+    body = {"model": MODEL, "messages": USER, "max_tokens": 12, "strictcall": {"constrained": False}}
+    texts = {call(greedy, "POST", "/v1/chat/completions", json={**body, "seed": seed}).json()["choices"][0]["message"]["content"] for seed in range(4)}
+    assert len(texts) == 1  # temperature 0 from the defaults: the seed changes nothing
+    hot = {call(greedy, "POST", "/v1/chat/completions", json={**body, "seed": seed, "temperature": 1.5}).json()["choices"][0]["message"]["content"]
+           for seed in range(4)}
+    assert len(hot) > 1  # the request's own temperature wins
+
+
+def test_unenforced_keywords_of_non_strict_tools_are_reported(serving, caplog) -> None:
+    tags = {"type": "function", "function": {"name": "tag", "parameters": {"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}}, "required": ["tags"]}}}
+    app = make_app(serving)
+    with caplog.at_level("INFO", logger="strictcall.server"):
+        for stream in (False, True):
+            response = chat(app, tools=[TOOLS[0], tags], tool_choice="required", stream=stream)
+            assert response.status_code == 200
+            assert json.loads(response.headers["x-strictcall-unenforced"]) == [
+                {"param": "tools[1].function.parameters", "pointer": "/properties/tags", "keyword": "uniqueItems"}]
+    assert "tools[1].function.parameters at /properties/tags: uniqueItems" in caplog.text
+    assert 'strictcall_unenforced_keywords_total{keyword="uniqueItems"} 2' in call(app, "GET", "/metrics").text
+    assert "x-strictcall-unenforced" not in chat(app, tools=TOOLS, tool_choice="required").headers
+
+
+def test_each_finished_request_is_one_log_line(serving, caplog) -> None:
+    with caplog.at_level("INFO", logger="strictcall.server"):
+        body = chat(make_app(serving), tools=TOOLS, tool_choice="required", max_tokens=60).json()
+        chat(make_app(serving, log_requests=False), max_tokens=2)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("chatcmpl-")]
+    assert len(lines) == 1, lines
+    usage, finish = body["usage"], body["choices"][0]["finish_reason"]
+    assert lines[0].startswith(f"{body['id']}: prompt {usage['prompt_tokens']} tokens")
+    assert f"completion {usage['completion_tokens']} tokens" in lines[0] and "time to first token" in lines[0]
+    assert f"tool calls {len(body['choices'][0]['message'].get('tool_calls') or [])}, finish {finish}" in lines[0]
