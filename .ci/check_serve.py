@@ -10,6 +10,7 @@ Usage: <venv>/bin/python .ci/check_serve.py <venv>/bin/strictcall
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -82,4 +83,4 @@ def main(strictcall: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(os.path.abspath(sys.argv[1])))  # absolute: the server runs in another directory

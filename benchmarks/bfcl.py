@@ -1,12 +1,13 @@
 """BFCL function-calling evaluation against any OpenAI-compatible server (ours, vLLM, llama.cpp's, ...).
 
-Sends the BFCL cases in ../shared/data/bfcl through the official `openai` client and reports, per category:
-HTTP errors, calls present, arguments that parse, a name that was offered, arguments valid under the tool's
-schema, AST accuracy (BFCL's rules, `bfcl_checker.py`), latency p50/p90 and completion tokens.
+Sends the BFCL cases in ../shared/data/bfcl (another data folder: `--data DIR`) through the official `openai`
+client and reports, per category: HTTP errors, calls present, arguments that parse, a name that was offered,
+arguments valid under the tool's schema, AST accuracy (BFCL's rules, `bfcl_checker.py`), latency p50/p90 and
+completion tokens.
 
 Usage:
   .venv/bin/python benchmarks/bfcl.py --base-url http://127.0.0.1:8000/v1 [--api-key K]
-      [--categories simple,multiple,irrelevance] [--tool-choice auto|required] [--limit N] [--offset K]
+      [--categories simple,multiple,irrelevance] [--tool-choice auto|required] [--limit N] [--offset K] [--data DIR]
       [--unconstrained]   # strictcall only: `"strictcall": {"constrained": false}` for the A/B comparison
       [--strictcall JSON] # strictcall only: any per-request extension, e.g. '{"jump_forward": false}'
 Results: a Markdown table on stdout and a JSON file (--out, default .bench/bfcl-<label>.json).
@@ -27,13 +28,12 @@ import jsonschema
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bfcl_checker import check_case  # noqa: E402
+from data import add_data_argument, bfcl_file, data_dir, read_jsonl  # noqa: E402
+from report import fmt_percent  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bfcl"
 
-
-def load_cases(category: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
-    with open(DATA / f"{category}.jsonl") as f:
-        records = [json.loads(line) for line in f]
+def load_cases(root: Path, category: str, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+    records = list(read_jsonl(bfcl_file(root, category)))
     records = records[offset:]
     return records[:limit] if limit else records
 
@@ -110,10 +110,6 @@ def summarize(category: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f}%"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-url", required=True)
@@ -134,7 +130,12 @@ def main() -> None:
                         help='strictcall only: the per-request extension for every request, e.g. \'{"jump_forward": false}\'')
     parser.add_argument("--label", default=None)
     parser.add_argument("--out", default=None)
+    add_data_argument(parser)
     args = parser.parse_args()
+    root = data_dir(args.data)
+    args.data = str(root)  # the JSON says which data folder the numbers come from
+    for category in args.categories.split(","):
+        bfcl_file(root, category)  # a missing file stops the run before the first request, not after a category
 
     from openai import OpenAI
 
@@ -144,7 +145,7 @@ def main() -> None:
     summaries, details = [], {}
     started = time.perf_counter()
     for category in args.categories.split(","):
-        cases = load_cases(category, args.limit, args.offset)
+        cases = load_cases(root, category, args.limit, args.offset)
         with ThreadPoolExecutor(args.concurrency) as pool:
             results = list(pool.map(lambda r: run_case(client, model, r, args), cases))
         summaries.append(summarize(category, results))
@@ -158,8 +159,8 @@ def main() -> None:
     for s in summaries:
         latency = "-" if s["latency_p50_s"] is None else f"{s['latency_p50_s']:.2f} / {s['latency_p90_s']:.2f} s"
         tokens = "-" if s["completion_tokens_mean"] is None else f"{s['completion_tokens_mean']:.0f}"
-        print(f"| {s['category']} | {s['cases']} | {s['http_errors']} | {percent(s['with_calls'])} | {percent(s['parse'])} | "
-              f"{percent(s['offered'])} | {percent(s['schema_valid'])} | {percent(s['ast_accuracy'])} | {latency} | {tokens} |")
+        print(f"| {s['category']} | {s['cases']} | {s['http_errors']} | {fmt_percent(s['with_calls'])} | {fmt_percent(s['parse'])} | "
+              f"{fmt_percent(s['offered'])} | {fmt_percent(s['schema_valid'])} | {fmt_percent(s['ast_accuracy'])} | {latency} | {tokens} |")
     out = Path(args.out or f".bench/bfcl-{label.replace('/', '_')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"label": label, "args": vars(args), "summaries": summaries, "results": details}, indent=1))

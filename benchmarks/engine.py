@@ -18,7 +18,7 @@ are 4,560 prompt tokens for ~1,500 output tokens, and a 135M model computes ~330
 `--short-prompts` gives the decode-bound picture.
 
 Usage: .venv/bin/python benchmarks/engine.py [--requests 16] [--max-tokens 96] [--concurrency 1,4,16] [--rounds 3] [--short-prompts]
-       [--dtype float32|bfloat16]
+       [--dtype float32|bfloat16] [--data DIR]
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -41,11 +41,16 @@ from strictcall.grammars.formats import GENERIC
 from strictcall.grammars.tools import ToolGrammarCompiler
 from strictcall.grammars.vocabulary import Vocabulary
 from strictcall.kernels import SamplingParams
-from strictcall.server.engine import Engine, EngineConfig, EngineRequest
+from strictcall.server.engine import Engine, EngineConfig
 from strictcall.server.model_loader import load_model, resolve_model
 from strictcall.server.model_runner import ModelRunner
+from strictcall.server.protocol import ToolsFile, tool_specs
+from strictcall.server.sequence import EngineRequest
+from strictcall.server.tool_prompt import render_tools_prompt
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bfcl" / "simple.jsonl"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data import add_data_argument, bfcl_file, data_dir, read_jsonl  # noqa: E402
+
 GREEDY = SamplingParams(temperature=0.0)
 
 
@@ -73,13 +78,12 @@ class Result:
     grammar_share: float  # grammar work / (grammar work + forwards), engine thread time
 
 
-def bfcl_cases(count: int) -> list[dict]:
-    with open(DATA) as f:
-        return [json.loads(line) for line in f][:count]
+def bfcl_cases(path: Path, count: int) -> list[dict]:
+    return list(read_jsonl(path))[:count]
 
 
 def render_prompt(tokenizer, case: dict, with_tools: bool = True) -> list[int]:
-    system = [{"role": "system", "content": GENERIC.render_tools_prompt(case["tools"])}] if with_tools else []
+    system = [{"role": "system", "content": render_tools_prompt(GENERIC, [t["function"] for t in case["tools"]])}] if with_tools else []
     messages = system + case["messages"]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     return ids if isinstance(ids, list) else ids["input_ids"]
@@ -166,13 +170,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per concurrency level; the table shows medians")
     parser.add_argument("--short-prompts", action="store_true",
                         help="the user question only (~40 tokens, no tools description): decode-bound instead of prefill-bound")
+    add_data_argument(parser)
     args = parser.parse_args()
+    cases_file = bfcl_file(data_dir(args.data), "simple")  # before the model loads: a missing file fails at once
     levels = [int(c) for c in args.concurrency.split(",")]
 
     model, tokenizer = load_model(resolve_model(None), torch.device("cpu"), getattr(torch, args.dtype))
     vocabulary = Vocabulary.from_tokenizer(tokenizer)
     eos = list(vocabulary.eos_token_ids)
-    cases = bfcl_cases(args.requests)
+    cases = bfcl_cases(cases_file, args.requests)
     prompts = [render_prompt(tokenizer, c, with_tools=not args.short_prompts) for c in cases]
     print(f"SmolLM2-135M-Instruct {args.dtype}, {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
           f"{len(cases)} BFCL simple prompts (mean {statistics.mean(map(len, prompts)):.0f} tokens), max_tokens {args.max_tokens}, "
@@ -185,7 +191,8 @@ def main() -> None:
         for _ in range(args.rounds):
             # Fresh grammars every round: each timed run meets its tool sets' masks for the first time.
             tool_compiler = ToolGrammarCompiler(GrammarCompiler(vocabulary), GENERIC)
-            turns = [tool_compiler.compile_turn(c["tools"], "required", parallel_tool_calls=False) for c in cases]
+            turns = [tool_compiler.compile_turn(tool_specs(ToolsFile.model_validate({"tools": c["tools"]}).tools), "required", parallel_tool_calls=False)
+                     for c in cases]
             call_lengths: list[int] = []  # (c)'s output tokens per request, for (b=)
             for setup in SETUPS:
                 result, lengths = run_setup(model, vocabulary, tokenizer, setup, prompts, turns, concurrency, args.max_tokens, call_lengths, max(levels))

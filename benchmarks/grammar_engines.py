@@ -51,10 +51,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as common  # noqa: E402
+from data import JSB_SUBSETS, SchemaCase, add_data_argument, bfcl_schema_cases, data_dir, jsb_schema_cases  # noqa: E402
+from layout import KeyOrderer, compact_json  # noqa: E402
+from peers import Engines, LLGuidancePeer, XGrammarPeer, encode, load_engines  # noqa: E402
+from report import code_version, fmt_ratio, fmt_startup, fmt_time, markdown_table, percentile  # noqa: E402
 
 ENGINES = ("strictcall", "xgrammar", "llguidance")
-DATASETS = ("bfcl",) + common.JSB_SUBSETS
+DATASETS = ("bfcl",) + JSB_SUBSETS
 DEFAULT_LIMIT = 250
 MESSAGE = "@@"  # worker -> parent lines start with this (libraries may print to stdout too)
 
@@ -69,7 +72,7 @@ class Unsupported(Exception):
 class Ours:
     name = "strictcall"
 
-    def __init__(self, engines: common.Engines):
+    def __init__(self, engines: Engines):
         import numpy as np
 
         from strictcall.grammars.automaton import AutomatonLimitError
@@ -109,80 +112,41 @@ class Ours:
         return matcher.is_accepting()
 
 
-class XGrammar:
+class XGrammar(XGrammarPeer):
     name = "xgrammar"
 
-    def __init__(self, engines: common.Engines):
-        import xgrammar
-
-        self.xgr = xgrammar
-        self.compiler = xgrammar.GrammarCompiler(engines.xgrammar_info, max_threads=2, cache_enabled=False)
-        self.bitmask = xgrammar.allocate_token_bitmask(1, engines.vocab_size)
-        self.row = self.bitmask.numpy()[0]
+    def __init__(self, engines: Engines):
+        super().__init__(engines, cache_enabled=False)
 
     def compile(self, schema: Any) -> Any:
         try:
-            grammar = self.compiler.compile_json_schema(json.dumps(schema), strict_mode=True, **common.XGRAMMAR_JSON_OPTIONS)
-            matcher = self.xgr.GrammarMatcher(grammar)
+            grammar = self.compile_json_schema(schema)
+            matcher = self.matcher(grammar)
         except (RuntimeError, ValueError, TypeError) as error:
             raise Unsupported(f"{type(error).__name__}: {str(error)[:300]}") from error
-        matcher.fill_next_token_bitmask(self.bitmask, 0)
+        self.fill(matcher)
         return grammar
-
-    def matcher(self, grammar: Any) -> Any:
-        return self.xgr.GrammarMatcher(grammar)
 
     def is_first_visit(self, matcher: Any) -> bool:
         return True
 
-    def fill(self, matcher: Any) -> None:
-        matcher.fill_next_token_bitmask(self.bitmask, 0)
 
-    def accept(self, matcher: Any, token: int) -> bool:
-        return matcher.accept_token(token)
-
-    def is_accepting(self, matcher: Any) -> bool:
-        return matcher.is_completed()
-
-
-class LLGuidance:
+class LLGuidance(LLGuidancePeer):
     name = "llguidance"
-
-    def __init__(self, engines: common.Engines):
-        import llguidance
-        import llguidance.numpy
-
-        self.llg = llguidance
-        self.fill_bitmask = llguidance.numpy.fill_next_token_bitmask
-        self.tokenizer = engines.llguidance_tokenizer
-        self.bitmask = llguidance.numpy.allocate_token_bitmask(1, engines.vocab_size)
-        self.row = self.bitmask[0]
 
     def compile(self, schema: Any) -> Any:
         try:
-            grammar = self.llg.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=common.LLGUIDANCE_JSON_OPTIONS)
+            grammar = self.json_schema_grammar(schema)
         except ValueError as error:
             raise Unsupported(f"ValueError: {error}") from error
-        matcher = self.llg.LLMatcher(self.tokenizer, grammar, log_level=0)
+        matcher = self.matcher(grammar)
         if matcher.is_error():
             raise Unsupported(matcher.get_error()[:300])
-        self.fill_bitmask(matcher, self.bitmask, 0)
+        self.fill(matcher)
         return grammar
-
-    def matcher(self, grammar: Any) -> Any:
-        return self.llg.LLMatcher(self.tokenizer, grammar, log_level=0)
 
     def is_first_visit(self, matcher: Any) -> bool:
         return True
-
-    def fill(self, matcher: Any) -> None:
-        self.fill_bitmask(matcher, self.bitmask, 0)
-
-    def accept(self, matcher: Any, token: int) -> bool:
-        return matcher.consume_token(token) and not matcher.is_error()
-
-    def is_accepting(self, matcher: Any) -> bool:
-        return matcher.is_accepting()
 
 
 ADAPTERS = {"strictcall": Ours, "xgrammar": XGrammar, "llguidance": LLGuidance}
@@ -191,19 +155,19 @@ ADAPTERS = {"strictcall": Ours, "xgrammar": XGrammar, "llguidance": LLGuidance}
 # --- the worker: every schema through every engine --------------------------------------------------------
 
 
-def load_cases(datasets: list[str], limit: int) -> list[tuple[str, common.SchemaCase]]:
-    out: list[tuple[str, common.SchemaCase]] = []
+def load_cases(root: Path, datasets: list[str], limit: int) -> list[tuple[str, SchemaCase]]:
+    out: list[tuple[str, SchemaCase]] = []
     for dataset in datasets:
-        cases = common.bfcl_schema_cases() if dataset == "bfcl" else common.jsb_schema_cases(dataset, limit)
+        cases = bfcl_schema_cases(root) if dataset == "bfcl" else jsb_schema_cases(root, dataset, limit)
         out += [(dataset, case) for case in cases]
     return out
 
 
-def prepare_instances(case: common.SchemaCase, tokenizer: Any) -> dict[str, Any]:
+def prepare_instances(case: SchemaCase, tokenizer: Any) -> dict[str, Any]:
     """Tokenized valid/invalid instances whose labels jsonschema (with format checks) agrees with."""
     import jsonschema
 
-    orderer = common.KeyOrderer(case.schema)
+    orderer = KeyOrderer(case.schema)
     try:
         checker = jsonschema.validators.validator_for(case.schema)(case.schema, format_checker=jsonschema.FormatChecker())
     except Exception:  # noqa: BLE001
@@ -222,12 +186,12 @@ def prepare_instances(case: common.SchemaCase, tokenizer: Any) -> dict[str, Any]
                 out["num_disputed"] += 1
                 continue
             ordered = orderer.reorder(instance)
-            text = common.compact_json(ordered)
-            out[label].append({"ids": common.encode(tokenizer, text), "extra_keys": _has_undeclared_keys(ordered, case.schema, orderer)})
+            text = compact_json(ordered)
+            out[label].append({"ids": encode(tokenizer, text), "extra_keys": _has_undeclared_keys(ordered, case.schema, orderer)})
     return out
 
 
-def _has_undeclared_keys(instance: Any, schema: Any, orderer: common.KeyOrderer, depth: int = 0) -> bool:
+def _has_undeclared_keys(instance: Any, schema: Any, orderer: KeyOrderer, depth: int = 0) -> bool:
     """Whether an object in the instance has a key its schema neither declares nor explicitly allows."""
     if depth > 32 or not isinstance(schema, dict):
         return False
@@ -276,7 +240,7 @@ def walk(adapter: Any, grammar: Any, ids: list[int], timings: dict[str, list[flo
     return adapter.is_accepting(matcher), disagreements
 
 
-def run_case(adapter: Any, case: common.SchemaCase, instances: dict[str, Any], emit: Any, walk_budget_s: float) -> dict[str, Any]:
+def run_case(adapter: Any, case: SchemaCase, instances: dict[str, Any], emit: Any, walk_budget_s: float) -> dict[str, Any]:
     emit({"event": "phase", "phase": "compile"})
     start = time.perf_counter()
     try:
@@ -327,10 +291,10 @@ def worker(args: argparse.Namespace) -> None:
         sys.stdout.write(MESSAGE + json.dumps(message) + "\n")
         sys.stdout.flush()
 
-    engines = common.load_engines(peers=any(e != "strictcall" for e in args.engines))
+    engines = load_engines(peers=any(e != "strictcall" for e in args.engines))
     adapters = [ADAPTERS[name](engines) for name in args.engines]
     emit({"event": "startup", "startup_s": engines.startup_s})
-    cases = load_cases(args.datasets, args.limit)
+    cases = load_cases(Path(args.data), args.datasets, args.limit)
     for index in range(args.start_case, len(cases)):
         dataset, case = cases[index]
         instances = prepare_instances(case, engines.tokenizer)
@@ -351,13 +315,13 @@ def supervise(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str,
     """Run workers until every (case, engine) has a result; kill and restart on a timeout."""
     results: list[dict[str, Any]] = []
     startup: dict[str, float] = {}
-    case_datasets = [dataset for dataset, _ in load_cases(args.datasets, args.limit)]
+    case_datasets = [dataset for dataset, _ in load_cases(Path(args.data), args.datasets, args.limit)]
     num_cases = len(case_datasets)
     start_case, start_engine = 0, 0
     num_restarts = 0
     base = [sys.executable, str(Path(__file__).resolve()), "--worker", "--limit", str(args.limit),
             "--datasets", ",".join(args.datasets), "--engines", ",".join(args.engines),
-            "--walk-timeout-s", str(args.walk_timeout_s)]
+            "--walk-timeout-s", str(args.walk_timeout_s), "--data", args.data]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     last_progress = time.perf_counter()
     while True:
@@ -447,10 +411,10 @@ def summarize(results: list[dict[str, Any]], engines: list[str], datasets: list[
                 "num_invalid": sum(r["num_invalid"] for r in compiled),
                 "num_invalid_accepted": sum(r["num_invalid_accepted"] for r in compiled),
                 "num_mask_accept_disagreements": sum(r["num_disagreements"] for r in compiled),
-                "compile_p50_s": common.percentile(compile_times, 50),
-                "compile_p90_s": common.percentile(compile_times, 90),
+                "compile_p50_s": percentile(compile_times, 50),
+                "compile_p90_s": percentile(compile_times, 90),
                 "compile_max_s": max(compile_times) if compile_times else float("nan"),
-                **{f"{key}_mask_{q}_s": common.percentile(values, int(q[1:])) for key, values in pooled.items() for q in ("p50", "p99")},
+                **{f"{key}_mask_{q}_s": percentile(values, int(q[1:])) for key, values in pooled.items() for q in ("p50", "p99")},
                 **{f"num_{key}_masks": len(values) for key, values in pooled.items()},
             }
     return summary
@@ -461,7 +425,7 @@ def render(summary: dict[str, Any], engines: list[str], datasets: list[str]) -> 
               "accepted invalid", "timeout", "compile p50", "p90", "max", "first-visit mask p50", "p99",
               "cached mask p50", "p99"]
     rows: list[list[str]] = []
-    t = common.fmt_time
+    t = fmt_time
     for dataset in datasets:
         for engine in engines:
             s = summary[f"{dataset}/{engine}"]
@@ -482,8 +446,8 @@ def render(summary: dict[str, Any], engines: list[str], datasets: list[str]) -> 
             ratio_keys = ["compile_p50_s", "compile_p90_s", "compile_max_s", "first_visit_mask_p50_s", "first_visit_mask_p99_s",
                           "cached_mask_p50_s", "cached_mask_p99_s"]
             rows.append([dataset, "**ours / best peer**", "", "", "", "", "", "", ""]
-                        + [common.fmt_ratio(ours[k], best(k)) for k in ratio_keys])
-    return common.markdown_table(header, rows)
+                        + [fmt_ratio(ours[k], best(k)) for k in ratio_keys])
+    return markdown_table(header, rows)
 
 
 def main() -> None:
@@ -494,6 +458,7 @@ def main() -> None:
     parser.add_argument("--compile-timeout-s", type=float, default=10.0)
     parser.add_argument("--walk-timeout-s", type=float, default=60.0)
     parser.add_argument("--out", default=".bench/grammar_engines.json")
+    add_data_argument(parser)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--start-case", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--start-engine", type=int, default=0, help=argparse.SUPPRESS)
@@ -506,6 +471,7 @@ def main() -> None:
     for name in args.engines:
         if name not in ENGINES:
             parser.error(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
+    args.data = str(data_dir(args.data))  # checked once here; the workers are given the folder by name
     if args.worker:
         worker(args)
         return
@@ -514,10 +480,10 @@ def main() -> None:
     results, startup, num_restarts = supervise(args)
     summary = summarize(results, args.engines, args.datasets)
     elapsed = time.perf_counter() - started
-    version = common.code_version()
+    version = code_version()
     print(f"## Grammar engines: SmolLM2 tokenizer, compact whitespace, --limit {args.limit} per JSONSchemaBench subset\n")
     print(f"strictcall at {version}\n")
-    print("Startup (per tokenizer, paid once): " + ", ".join(f"{k} {common.fmt_time(v)}" for k, v in startup.items()) + "\n")
+    print(fmt_startup(startup) + "\n")
     print(render(summary, args.engines, args.datasets))
     print("\n`rejected valid (extra keys)`: schemas with a valid instance rejected; in parentheses, those whose every rejected"
           "\ninstance has properties the schema does not declare (ours and xgrammar's strict mode forbid them by design)."

@@ -37,14 +37,15 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA_DIR, fmt_time, markdown_table, percentile, read_jsonl  # noqa: E402
+from data import bfcl_file, data_dir, read_jsonl  # noqa: E402
+from report import fmt_percent, fmt_time, markdown_table, percentile, ratio  # noqa: E402
 
-DEFAULT_DATA = DATA_DIR / "bfcl" / "simple.jsonl"
 DEFAULT = "default"  # the request as a client sends it (on strictcall: constrained)
 UNCONSTRAINED = "unconstrained"
 
@@ -224,25 +225,11 @@ def summarize(results: Sequence[RequestResult], wall_s: float) -> dict[str, Any]
     }
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or math.isnan(a) or math.isnan(b) or b <= 0:
-        return None
-    return a / b
-
-
 # --- tables --------------------------------------------------------------------------------------------------
 
 
 def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _time(value: float | None) -> str:
-    return "-" if value is None else fmt_time(value)
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f}%"
 
 
 def _ratio(value: float | None) -> str:
@@ -263,9 +250,9 @@ def load_table(runs: list[dict[str, Any]]) -> str:
         s = run["summary"]
         tokens = _num(s["completion_tokens_mean"], 0) + (" (chunks)" if s["tokens_counted_from_chunks"] else "")
         rows.append([run["variant"], str(run["clients"]), str(s["requests"]), str(s["errors"]), _num(s["requests_per_s"]),
-                     _num(s["output_tokens_per_s"], 1), f"{_time(s['ttft_p50_s'])} / {_time(s['ttft_p90_s'])}",
-                     f"{_time(s['tpot_p50_s'])} / {_time(s['tpot_p90_s'])}", _time(s["e2e_p50_s"]), tokens,
-                     _percent(s["with_calls"]), _percent(s["calls_parse"]),
+                     _num(s["output_tokens_per_s"], 1), f"{fmt_time(s['ttft_p50_s'])} / {fmt_time(s['ttft_p90_s'])}",
+                     f"{fmt_time(s['tpot_p50_s'])} / {fmt_time(s['tpot_p90_s'])}", fmt_time(s["e2e_p50_s"]), tokens,
+                     fmt_percent(s["with_calls"]), fmt_percent(s["calls_parse"]),
                      _ratio(ratio(s["requests_per_s"], lowest[run["variant"]]["summary"]["requests_per_s"]))])
     return markdown_table(header, rows)
 
@@ -275,7 +262,7 @@ def ab_table(runs: list[dict[str, Any]]) -> str:
     by_key = {(r["variant"], r["clients"]): r["summary"] for r in runs}
     levels = sorted({c for v, c in by_key if (DEFAULT, c) in by_key and (UNCONSTRAINED, c) in by_key})
     metrics = [("req/s", "requests_per_s", _num), ("output tok/s", "output_tokens_per_s", lambda v: _num(v, 1)),
-               ("TTFT p50", "ttft_p50_s", _time), ("TPOT p50", "tpot_p50_s", _time), ("e2e p50", "e2e_p50_s", _time),
+               ("TTFT p50", "ttft_p50_s", fmt_time), ("TPOT p50", "tpot_p50_s", fmt_time), ("e2e p50", "e2e_p50_s", fmt_time),
                ("tokens/req", "completion_tokens_mean", lambda v: _num(v, 0))]
     header = ["clients"] + [f"{name}: default / unconstr. (ratio)" for name, _, _ in metrics]
     rows = []
@@ -383,13 +370,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     variant = parser.add_mutually_exclusive_group()
     variant.add_argument("--unconstrained", action="store_true", help="strictcall's A/B switch: no grammar for these requests")
     variant.add_argument("--ab", action="store_true", help="strictcall: every level with and without grammars, side by side")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSONL of OpenAI messages + tools (BFCL format)")
+    parser.add_argument("--data", type=Path, default=None, metavar="PATH",
+                        help="JSONL of OpenAI messages + tools (BFCL format), or a data folder (its bfcl/simple.jsonl); "
+                             "default: ../shared/data/bfcl/simple.jsonl beside the repository")
     parser.add_argument("--warmup", type=int, default=1, help="untimed requests per variant before the first level")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--label", default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.data is None or args.data.is_dir():  # exits with one line if the folder or its file is missing
+        args.data = bfcl_file(data_dir(args.data), "simple")
+    elif not args.data.is_file():
+        sys.exit(f"--data {args.data}: no such file or folder; pass a BFCL-format JSONL, or a data folder holding bfcl/simple.jsonl")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,14 +40,17 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
-import _common as common  # noqa: E402
+from data import add_data_argument, bfcl_reference_arguments, bfcl_tools, data_dir  # noqa: E402
+from layout import KeyOrderer, compact_json  # noqa: E402
+from peers import LLGUIDANCE_JSON_OPTIONS, Engines, LLGuidancePeer, XGrammarPeer, encode, load_engines  # noqa: E402
+from report import code_version, fmt_ratio, fmt_startup, fmt_time, markdown_table, percentile  # noqa: E402
 
 SIZES = (1, 10, 100)
 MODES = ("required", "auto")
@@ -76,7 +79,7 @@ def reference_call(tools: list[dict[str, Any]], answers: dict[str, dict[str, Any
         function = tool["function"]
         if function["name"] not in answers:
             continue
-        orderer = common.KeyOrderer(function.get("parameters", {}))
+        orderer = KeyOrderer(function.get("parameters", {}))
         if orderer.is_valid(answers[function["name"]]):
             return function["name"], orderer.reorder(answers[function["name"]])
     return None
@@ -115,20 +118,23 @@ class Variant:
         return shuffled, {"parallel": False}
 
     def reference_text(self, name: str, arguments: dict[str, Any]) -> str:
-        return "<tool_call>\n" + common.compact_json({"name": name, "arguments": arguments}) + "\n</tool_call>"
+        return "<tool_call>\n" + compact_json({"name": name, "arguments": arguments}) + "\n</tool_call>"
 
 
 class Ours(Variant):
     name = "strictcall"
     is_ours = True
 
-    def __init__(self, engines: common.Engines):
+    def __init__(self, engines: Engines):
         from strictcall.grammars import tools as tools_module
         from strictcall.grammars.compiler import GrammarCompiler
         from strictcall.grammars.formats import HERMES
-        from strictcall.grammars.tools import ToolGrammarCompiler, TurnMatcher
+        from strictcall.grammars.tools import ToolGrammarCompiler
+        from strictcall.grammars.turn import TurnMatcher
+        from strictcall.server.protocol import ToolsFile, tool_specs
 
         self.tools_module = tools_module
+        self.specs = lambda tools: tool_specs(ToolsFile.model_validate({"tools": tools}).tools)
         self.vocabulary = engines.vocabulary
         self.make = lambda: ToolGrammarCompiler(GrammarCompiler(self.vocabulary), HERMES)
         self.matcher_cls = TurnMatcher
@@ -141,7 +147,7 @@ class Ours(Variant):
         self.compiler = self.make()
 
     def build(self, tools: list[dict[str, Any]], mode: str, parallel: bool = True) -> Any:
-        turn = self.compiler.compile_turn(tools, mode, parallel_tool_calls=parallel)
+        turn = self.compiler.compile_turn(self.specs(tools), mode, parallel_tool_calls=parallel)
         matcher = self.matcher_cls(turn)
         matcher.fill_next_token_bitmask(self.bitmask, 0)
         return matcher
@@ -156,36 +162,20 @@ class Ours(Variant):
         return matcher.accept_token(token)
 
 
-class _XGrammarBase(Variant):
-    def __init__(self, engines: common.Engines):
-        import xgrammar
-
-        self.xgr = xgrammar
-        self.info = engines.xgrammar_info
-        self.bitmask = xgrammar.allocate_token_bitmask(1, engines.vocab_size)
-        self.row = self.bitmask.numpy()[0]
-        self.compiler = xgrammar.GrammarCompiler(self.info, max_threads=2, cache_enabled=True)
+class _XGrammarBase(Variant, XGrammarPeer):
+    def __init__(self, engines: Engines):
+        XGrammarPeer.__init__(self, engines, cache_enabled=True)
 
     def reset_cold(self) -> None:
-        self.compiler = self.xgr.GrammarCompiler(self.info, max_threads=2, cache_enabled=False)
+        self.compiler = self.new_compiler(cache_enabled=False)
 
     def warm_compiler(self) -> None:
-        self.compiler = self.xgr.GrammarCompiler(self.info, max_threads=2, cache_enabled=True)
+        self.compiler = self.new_compiler(cache_enabled=True)
 
     def build(self, tools: list[dict[str, Any]], mode: str, parallel: bool = True) -> Any:
-        matcher = self.xgr.GrammarMatcher(self.compile(tools, mode, parallel))
-        matcher.fill_next_token_bitmask(self.bitmask, 0)
+        matcher = self.matcher(self.compile(tools, mode, parallel))
+        self.fill(matcher)
         return matcher
-
-    def rewalk(self, matcher: Any) -> Any:
-        matcher.reset()
-        return matcher
-
-    def fill(self, matcher: Any) -> None:
-        matcher.fill_next_token_bitmask(self.bitmask, 0)
-
-    def accept(self, matcher: Any, token: int) -> bool:
-        return matcher.accept_token(token)
 
 
 class XGrammarTag(_XGrammarBase):
@@ -205,51 +195,34 @@ def union_schema(tools: list[dict[str, Any]], parallel: bool = True) -> dict[str
     ]}
 
 
-class XGrammarUnion(_XGrammarBase):
-    name = "xgrammar JSON union"
+class _Union:
+    """The reference without envelope: `union_schema`, `required` only, the call's JSON alone."""
+
     modes = ("required",)
 
-    def compile(self, tools: list[dict[str, Any]], mode: str, parallel: bool) -> Any:
-        return self.compiler.compile_json_schema(json.dumps(union_schema(tools)), strict_mode=True, **common.XGRAMMAR_JSON_OPTIONS)
-
     def reference_text(self, name: str, arguments: dict[str, Any]) -> str:
-        return common.compact_json({"name": name, "arguments": arguments})
+        return compact_json({"name": name, "arguments": arguments})
 
 
-class _LLGuidanceBase(Variant):
-    def __init__(self, engines: common.Engines):
-        import llguidance
-        import llguidance.numpy
+class XGrammarUnion(_Union, _XGrammarBase):
+    name = "xgrammar JSON union"
 
-        self.llg = llguidance
-        self.fill_bitmask = llguidance.numpy.fill_next_token_bitmask
-        self.tokenizer = engines.llguidance_tokenizer
-        self.bitmask = llguidance.numpy.allocate_token_bitmask(1, engines.vocab_size)
-        self.row = self.bitmask[0]
-        self.grammars: dict[str, str] = {}
+    def compile(self, tools: list[dict[str, Any]], mode: str, parallel: bool) -> Any:
+        return self.compile_json_schema(union_schema(tools))
 
+
+class _LLGuidanceBase(Variant, LLGuidancePeer):
     def build(self, tools: list[dict[str, Any]], mode: str, parallel: bool = True) -> Any:
-        grammar = self.grammar(tools, mode, parallel)
-        matcher = self.llg.LLMatcher(self.tokenizer, grammar, log_level=0)
+        matcher = self.matcher(self.grammar(tools, mode, parallel))
         if matcher.is_error():
             raise RuntimeError(f"{self.name}: {matcher.get_error()[:300]}")
-        self.fill_bitmask(matcher, self.bitmask, 0)
+        self.fill(matcher)
         return matcher
-
-    def rewalk(self, matcher: Any) -> Any:
-        matcher.reset()
-        return matcher
-
-    def fill(self, matcher: Any) -> None:
-        self.fill_bitmask(matcher, self.bitmask, 0)
-
-    def accept(self, matcher: Any, token: int) -> bool:
-        return matcher.consume_token(token) and not matcher.is_error()
 
 
 def _compact_parameters(tool: dict[str, Any]) -> dict[str, Any]:
     schema = copy.deepcopy(tool["function"].get("parameters", {"type": "object"}))
-    schema["x-guidance"] = dict(common.LLGUIDANCE_JSON_OPTIONS)
+    schema["x-guidance"] = dict(LLGUIDANCE_JSON_OPTIONS)
     return schema
 
 
@@ -270,15 +243,11 @@ class LLGuidanceTag(_LLGuidanceBase):
         return "\n".join(lines) + "\n"
 
 
-class LLGuidanceUnion(_LLGuidanceBase):
+class LLGuidanceUnion(_Union, _LLGuidanceBase):
     name = "llguidance JSON union"
-    modes = ("required",)
 
     def grammar(self, tools: list[dict[str, Any]], mode: str, parallel: bool) -> str:
-        return self.llg.LLMatcher.grammar_from_json_schema(json.dumps(union_schema(tools)), overrides=common.LLGUIDANCE_JSON_OPTIONS)
-
-    def reference_text(self, name: str, arguments: dict[str, Any]) -> str:
-        return common.compact_json({"name": name, "arguments": arguments})
+        return self.json_schema_grammar(union_schema(tools))
 
 
 # --- measurement -------------------------------------------------------------------------------------------
@@ -304,7 +273,7 @@ def walk_times(variant: Variant, matcher: Any, ids: list[int]) -> tuple[list[flo
     return times, True
 
 
-def measure(variant: Variant, engines: common.Engines, sets: list[list[dict[str, Any]]], mode: str,
+def measure(variant: Variant, engines: Engines, sets: list[list[dict[str, Any]]], mode: str,
             answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     rng = random.Random(SEED)
     cold, warm, repeat, walk_first, walk_cached = [], [], [], [], []
@@ -319,7 +288,7 @@ def measure(variant: Variant, engines: common.Engines, sets: list[list[dict[str,
         if reference is not None:
             name, arguments = reference
             text = variant.reference_text(name, arguments)
-            ids = common.encode(engines.tokenizer, text)
+            ids = encode(engines.tokenizer, text)
             num_open = name_open_tokens(engines.vocabulary, ids, text, name)
             times, ok = walk_times(variant, matcher, ids)
             num_walked += 1
@@ -343,16 +312,16 @@ def measure(variant: Variant, engines: common.Engines, sets: list[list[dict[str,
         "variant": variant.name, "mode": mode, "num_tools": size, "num_samples": len(sets),
         "cold_p50_s": statistics.median(cold), "cold_max_s": max(cold), "cold_per_tool_p50_s": statistics.median(cold) / size,
         "warm_new_combination_p50_s": statistics.median(warm), "repeat_p50_s": statistics.median(repeat),
-        "name_open_token_first_p50_s": common.percentile(walk_first, 50),
-        "name_open_token_cached_p50_s": common.percentile(walk_cached, 50),
-        "whole_call_token_first_p50_s": common.percentile(walk_whole_first, 50),
+        "name_open_token_first_p50_s": percentile(walk_first, 50),
+        "name_open_token_cached_p50_s": percentile(walk_cached, 50),
+        "whole_call_token_first_p50_s": percentile(walk_whole_first, 50),
         "num_name_open_tokens": len(walk_first), "num_reference_calls": num_walked, "num_reference_calls_rejected": rejected,
         "cold_s": cold, "warm_s": warm,
     }
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    t = common.fmt_time
+    t = fmt_time
     header = ["tools", "mode", "engine", "samples", "cold p50", "cold max", "cold p50 / new tool", "warm new combination p50",
               "repeat p50", "name-open token p50 (first walk)", "(cached)", "ref. calls rejected"]
     out: list[list[str]] = []
@@ -370,8 +339,8 @@ def render(rows: list[dict[str, Any]]) -> str:
             peers = [r for r in group if r["variant"] != "strictcall"]
             if ours and peers:
                 out.append([str(size), mode, "**ours / best peer**", ""]
-                           + [common.fmt_ratio(ours[k], min(p[k] for p in peers)) for k in keys] + [""])
-    return common.markdown_table(header, out)
+                           + [fmt_ratio(ours[k], min(p[k] for p in peers)) for k in keys] + [""])
+    return markdown_table(header, out)
 
 
 def main() -> None:
@@ -382,16 +351,20 @@ def main() -> None:
     parser.add_argument("--peer-samples", default="10,5,3", help="samples per size for the peers (100-tool compiles take seconds)")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--out", default=".bench/tool_grammars.json")
+    add_data_argument(parser)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     modes = [m for m in args.modes.split(",") if m]
     samples = dict(zip(sizes, (int(s) for s in args.samples.split(","))))
     peer_samples = dict(zip(sizes, (int(s) for s in args.peer_samples.split(","))))
 
+    root = data_dir(args.data)  # before the tokenizer loads: a missing folder fails at once
+    args.data = str(root)  # the JSON says which data folder the numbers come from
+
     started = time.perf_counter()
-    engines = common.load_engines(peers=not args.no_peers)
-    tools = common.bfcl_tools()
-    answers = common.bfcl_reference_arguments()
+    engines = load_engines(peers=not args.no_peers)
+    tools = bfcl_tools(root)
+    answers = bfcl_reference_arguments(root)
     variants: list[Variant] = [Ours(engines)]
     if not args.no_peers:
         variants += [XGrammarTag(engines), LLGuidanceTag(engines), XGrammarUnion(engines), LLGuidanceUnion(engines)]
@@ -409,21 +382,21 @@ def main() -> None:
                     print(f"  {variant.name} {size} tools {mode}: {type(error).__name__}: {str(error)[:200]}", file=sys.stderr)
                     continue
                 rows.append(row)
-                print(f"  {size:>3} tools {mode:8} {variant.name}: cold {common.fmt_time(row['cold_p50_s'])}, "
-                      f"warm {common.fmt_time(row['warm_new_combination_p50_s'])}", file=sys.stderr, flush=True)
+                print(f"  {size:>3} tools {mode:8} {variant.name}: cold {fmt_time(row['cold_p50_s'])}, "
+                      f"warm {fmt_time(row['warm_new_combination_p50_s'])}", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - started
 
-    version = common.code_version()
+    version = code_version()
     print(f"## Tool-call grammars: {len(tools)} BFCL tools (deduplicated by name), hermes format, SmolLM2 tokenizer\n")
     print(f"strictcall at {version}\n")
-    print("Startup (per tokenizer, paid once): " + ", ".join(f"{k} {common.fmt_time(v)}" for k, v in engines.startup_s.items()) + "\n")
+    print(fmt_startup(engines.startup_s) + "\n")
     print(render(rows))
     ours = {(r["num_tools"], r["mode"]): r for r in rows if r["variant"] == "strictcall"}
     goals = []
     for (size, mode), r in sorted(ours.items()):
-        goals.append(f"{size} tools {mode}: cold/new tool {common.fmt_time(r['cold_per_tool_p50_s'])} "
+        goals.append(f"{size} tools {mode}: cold/new tool {fmt_time(r['cold_per_tool_p50_s'])} "
                      f"({'meets' if r['cold_per_tool_p50_s'] <= GOAL_COLD_PER_TOOL_S else 'misses'} <= 5 ms)"
-                     + (f", warm {common.fmt_time(r['warm_new_combination_p50_s'])} "
+                     + (f", warm {fmt_time(r['warm_new_combination_p50_s'])} "
                         f"({'meets' if r['warm_new_combination_p50_s'] <= GOAL_WARM_100_S else 'misses'} <= 1 ms)" if size == 100 else ""))
     print("\nGoals (issue 2): " + "; ".join(goals))
     print(f"Wall time {elapsed:.0f} s.")

@@ -1,43 +1,54 @@
 """strictcall.grammars: JSON Schemas and tool sets compiled to token-level finite-state machines.
 
-The pipeline, one module each: `json_schema` (schema -> regex) -> `regex` (regex -> AST) -> `automaton` (AST ->
-byte NFA -> lazy DFA) -> `masks` (DFA state -> token mask over a `vocabulary`) -> `compiler` (cached
-`CompiledGrammar`s) -> `matcher` (per request). `formats` and `tools` compose per-tool grammars into a turn.
-No torch here, except in `logits_processor` (the Hugging Face integration), which is imported on its own.
+The pipeline, one module each: `json_schema` (schema -> regex; with `json_numbers`, `json_strings`,
+`schema_merge`) -> `regex` (regex -> AST) -> `automaton` (AST -> byte NFA -> lazy DFA) -> `masks` (DFA state ->
+token mask over a `vocabulary`) -> `compiler` (cached `CompiledGrammar`s) -> `matcher` (the `Matcher` interface,
+per request). `formats`, `tools` and `turn` compose per-tool grammars into a turn, one more grammar kind.
+`errors` holds the only errors that mean "this input cannot be compiled". No torch here, except in
+`logits_processor` (the Hugging Face integration), which is imported on its own. This module is the package's
+public face: the server imports nothing else from it.
 """
 
 from __future__ import annotations
 
-from strictcall.grammars.automaton import AutomatonLimitError
 from strictcall.grammars.compiler import CompiledGrammar, CompilerLimits, GrammarCompiler
 from strictcall.grammars.disk_cache import DiskCache
+from strictcall.grammars.errors import AutomatonLimitError, GrammarError, RegexSyntaxError, TurnError
 from strictcall.grammars.formats import FORMATS, ToolCall, ToolCallFormat, detect_format, get_format
 from strictcall.grammars.json_schema import SchemaOptions, UnsupportedSchemaError, json_schema_to_regex
-from strictcall.grammars.matcher import GrammarMatcher
-from strictcall.grammars.regex import RegexSyntaxError
-from strictcall.grammars.tools import ToolChoice, ToolGrammarCompiler, ToolGrammarError, TurnGrammar, TurnMatcher
+from strictcall.grammars.matcher import Grammar, GrammarMatcher, Matcher
+from strictcall.grammars.regex import escape
+from strictcall.grammars.tools import AnswerSpec, ToolChoice, ToolGrammarCompiler, ToolSpec
+from strictcall.grammars.turn import TurnGrammar, TurnMatcher, Unenforced
 from strictcall.grammars.vocabulary import Vocabulary
 
 __all__ = [
     "FORMATS",
+    "AnswerSpec",
     "AutomatonLimitError",
     "CompiledGrammar",
     "CompilerLimits",
     "DiskCache",
+    "Grammar",
     "GrammarCompiler",
+    "GrammarError",
     "GrammarMatcher",
+    "Matcher",
     "RegexSyntaxError",
     "SchemaOptions",
     "ToolCall",
     "ToolCallFormat",
     "ToolChoice",
     "ToolGrammarCompiler",
-    "ToolGrammarError",
+    "ToolSpec",
+    "TurnError",
     "TurnGrammar",
     "TurnMatcher",
+    "Unenforced",
     "UnsupportedSchemaError",
     "Vocabulary",
     "detect_format",
+    "escape",
     "get_format",
     "json_schema_to_regex",
 ]

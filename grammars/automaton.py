@@ -13,14 +13,14 @@ import gc
 import heapq
 import math
 import threading
+from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import contextmanager
-from bisect import bisect_left
-from collections import deque
 from functools import lru_cache
 
 import numpy as np
 
+from strictcall.grammars.errors import AutomatonLimitError
 from strictcall.grammars.regex import Alternation, CharClass, Concat, Node, Repeat
 
 DEAD = -1
@@ -49,10 +49,6 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-class AutomatonLimitError(ValueError):
-    """A regex needs more automaton states than the configured limit."""
 
 
 @lru_cache(maxsize=4096)
@@ -109,8 +105,8 @@ def min_length(node: Node) -> float:
         elif isinstance(item, Alternation):
             memo[id(item)] = min((memo[id(c)] for c in item.options), default=math.inf)
         else:
-            inner = memo[id(item.node)]  # type: ignore[union-attr]
-            memo[id(item)] = 0 if item.min_count == 0 else item.min_count * inner  # type: ignore[union-attr]
+            inner = memo[id(item.node)]
+            memo[id(item)] = 0 if item.min_count == 0 else item.min_count * inner
     return memo[id(node)]
 
 

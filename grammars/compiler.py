@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from strictcall.grammars.automaton import DEAD, DEFAULT_MAX_DFA_STATES, DEFAULT_MAX_NFA_STATES, LazyDfa, Nfa, paused_gc
+from strictcall.grammars.cache import LruCache
 from strictcall.grammars.disk_cache import DiskCache
+from strictcall.grammars.errors import GrammarError
 from strictcall.grammars.json_schema import SchemaOptions, json_schema_to_regex
 from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask, tokens_through_accepting
+from strictcall.grammars.matcher import GrammarMatcher
 from strictcall.grammars.regex import parse_regex
 from strictcall.grammars.vocabulary import Vocabulary
 
@@ -61,11 +64,13 @@ class CompiledGrammar:
         self._masks: dict[int, np.ndarray] = {}
         self._exits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
-        self._eos_bitmask = pack_token_bitmask(np.array(vocabulary.eos_token_ids, dtype=np.int64), vocabulary.num_words)
 
     @property
     def start_state(self) -> int:
         return self.dfa.start
+
+    def new_matcher(self) -> GrammarMatcher:
+        return GrammarMatcher(self)
 
     def __getstate__(self) -> dict:
         # The vocabulary is the compiler's, re-attached on load; the lock is not picklable.
@@ -105,7 +110,7 @@ class CompiledGrammar:
                         token_ids, _ = allowed_token_ids(self.dfa, state, self.vocabulary.content_tokens)
                     mask = pack_token_bitmask(token_ids, self.vocabulary.num_words)
                     if self.dfa.is_accepting_state[state]:
-                        mask |= self._eos_bitmask
+                        mask |= self.vocabulary.eos_bitmask
                     mask.setflags(write=False)
                     self._masks[state] = mask
         return mask
@@ -122,10 +127,6 @@ class CompiledGrammar:
                     self._exits[state] = exits
         return exits
 
-    @property
-    def eos_bitmask(self) -> np.ndarray:
-        return self._eos_bitmask
-
     def next_state(self, state: int, token_id: int) -> int:
         """The state after a content token, or DEAD (also for special tokens and ids past the tokenizer)."""
         if not 0 <= token_id < self.vocabulary.vocab_size:
@@ -135,6 +136,10 @@ class CompiledGrammar:
 
     def is_accepting(self, state: int) -> bool:
         return bool(self.dfa.is_accepting_state[state])
+
+    def is_end_only(self, state: int) -> bool:
+        """The state accepts and allows no content token: only end-of-sequence may follow."""
+        return self.is_accepting(state) and np.array_equal(self.token_bitmask(state), self.vocabulary.eos_bitmask)
 
     def forced_bytes(self, state: int) -> bytes:
         return self.dfa.forced_bytes(state)
@@ -155,10 +160,7 @@ class GrammarCompiler:
         self.vocabulary = vocabulary
         self.limits = limits or CompilerLimits()
         self.disk_cache = disk_cache
-        self._cache: OrderedDict[tuple[Any, ...], CompiledGrammar | Exception] = OrderedDict()
-        self._lock = threading.Lock()
-        self.num_cache_hits = 0
-        self.num_cache_misses = 0
+        self._cache: LruCache[CompiledGrammar | GrammarError] = LruCache(self.limits.max_cached_grammars)
         self.num_disk_hits = 0
 
     def compile_json_schema(self, schema: dict[str, Any] | bool, *, strict: bool = True, options: SchemaOptions | None = None) -> CompiledGrammar:
@@ -197,23 +199,23 @@ class GrammarCompiler:
             self.num_disk_hits += 1
         return grammar
 
+    @property
+    def num_cache_hits(self) -> int:
+        return self._cache.num_hits
+
+    @property
+    def num_cache_misses(self) -> int:
+        return self._cache.num_misses
+
     def _cached(self, key: tuple[Any, ...], build: Callable[[], CompiledGrammar]) -> CompiledGrammar:
-        with self._lock:
-            entry = self._cache.get(key)
-            if entry is not None:
-                self._cache.move_to_end(key)
-                self.num_cache_hits += 1
+        entry = self._cache.get(key)
         if entry is None:
-            self.num_cache_misses += 1
             try:
                 with paused_gc():
                     entry = build()
-            except ValueError as error:  # user errors (schema, regex, limits) are cached like results
+            except GrammarError as error:  # the input cannot be compiled: cached like a result (anything else is a bug)
                 entry = error
-            with self._lock:
-                self._cache[key] = entry
-                while len(self._cache) > self.limits.max_cached_grammars:
-                    self._cache.popitem(last=False)
-        if isinstance(entry, Exception):
+            self._cache.put(key, entry)
+        if isinstance(entry, GrammarError):
             raise entry
         return entry

@@ -1,7 +1,9 @@
-"""Tool-call formats: how a model writes a call, how tools are shown to it, and how its text parses back.
+"""Tool-call formats: the syntax in which a model writes its calls (how tools are shown to a model is the
+server's `tool_prompt`; streamed and lenient parsing of generated text is the server's `tool_parser`).
 
-Invariant: for every format, `parse_tool_calls(format.render_calls(calls))` gives back the same calls, and
-the grammar `tools.py` builds from a format accepts exactly the texts `render_calls` writes (compact JSON).
+Invariant: for every format, `parse_tool_calls(format.render_calls(calls))` gives back the same calls, the
+grammar `tools.py` builds from a format accepts exactly the texts `render_calls` writes (compact JSON), and
+every call starts with `call_start + CALL_HEAD`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from strictcall.grammars.regex import escape
-from strictcall.grammars.signatures import python_signature
+
+# How every call's JSON object starts: the name comes first, so the grammar can decide the tool early.
+CALL_HEAD = '{"name": '
 
 
 @dataclass(frozen=True)
@@ -34,8 +38,8 @@ class ToolCallFormat:
         trigger: in `auto` mode, the text that switches from free text to a call; every first call starts
             with it.
         special_tokens: special tokens of the model that this syntax writes (matched as their text).
-        tools_in_template: whether the chat template renders the tools itself; if not, we describe them in
-            a system message (`render_tools_prompt`).
+        tools_in_template: whether the chat template renders the tools itself; if not, the server describes
+            them in a system message.
     """
 
     name: str
@@ -50,12 +54,22 @@ class ToolCallFormat:
     tools_in_template: bool = True
 
     def __post_init__(self) -> None:
-        if not self.trigger or not (self.prefix + self.call_start + '{"name": ').startswith(self.trigger):
+        if not self.trigger or not self.first_call_lead.startswith(self.trigger):
             raise ValueError(f"format {self.name!r}: trigger {self.trigger!r} must start every first call")
+
+    @property
+    def first_call_lead(self) -> str:
+        """The text before the first call's name."""
+        return self.prefix + self.call_start + CALL_HEAD
+
+    @property
+    def next_call_lead(self) -> str:
+        """The text before a later call's name."""
+        return self.separator + self.call_start + CALL_HEAD
 
     def call_regex(self, name: str, arguments_regex: str) -> str:
         """The regex of one whole call: `call_start {"name": "<name>", "arguments": <arguments>} call_end`."""
-        head = json.dumps({"name": name}, ensure_ascii=False)[:-1] + f', "{self.arguments_key}": '
+        head = CALL_HEAD + json.dumps(name, ensure_ascii=False) + f', "{self.arguments_key}": '
         return escape(self.call_start + head) + "(?:" + arguments_regex + ")" + escape("}" + self.call_end)
 
     def render_calls(self, calls: list[ToolCall]) -> str:
@@ -100,35 +114,6 @@ class ToolCallFormat:
             if rest.strip() != self.suffix.strip():
                 raise ValueError(f"unexpected text after the calls: {rest[:40]!r}")
             return content, calls
-
-    def render_tools_prompt(self, tools: list[dict[str, Any]], tool_choice_mode: str = "auto") -> str:
-        """A system message that describes the tools and the exact call syntax, for templates without tools.
-
-        Each tool is shown as a Python function signature with a docstring (`signatures.py` says why). The
-        syntax is shown with schematic names only (`<tool name>`, `<parameter>`, `<value>`), never as an
-        example call of an offered tool: SmolLM2-135M copied such an example's placeholder values (`1`,
-        `"..."`) into its real calls and favoured the example's tool (BFCL `required`, 2026-11-23).
-
-        Args:
-            tools: OpenAI tools.
-            tool_choice_mode: `auto` adds when to answer in plain text; `required`/`named` ask for a call;
-                `none` says not to call (the tools are still shown, as OpenAI and vLLM do).
-        """
-        lines = ["You can call the following tools, written as Python functions:", ""]
-        lines.append("\n\n".join(python_signature(tool["function"]) for tool in tools))
-        lines += [
-            "",
-            "To call a tool, answer with the call and nothing else, written exactly like this, with the argument "
-            "values taken from the request:",
-            self.render_calls([ToolCall("<tool name>", {"<parameter>": "<value>"})]),
-        ]
-        if tool_choice_mode == "auto":
-            lines.append("If no tool fits the request, answer in plain text instead.")
-        elif tool_choice_mode == "none":
-            lines.append("Do not call a tool now: answer in plain text.")
-        else:
-            lines.append("Answer with a tool call.")
-        return "\n".join(lines)
 
 
 HERMES = ToolCallFormat(

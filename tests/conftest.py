@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from strictcall.grammars.vocabulary import Vocabulary, default_model_path
+from strictcall.grammars.vocabulary import Vocabulary
+from strictcall.server.model_loader import default_model_path
 
 # The BFCL and JSONSchemaBench sample the tests read (see data/README.md). Tests get it through the `data_dir`
 # fixture: under --import-mode=importlib a test module cannot import conftest.
@@ -63,3 +64,20 @@ def byte_vocabulary() -> Vocabulary:
     """Every single byte as a token, plus a few multi-byte tokens and an end-of-sequence id."""
     tokens = [bytes([b]) for b in range(256)] + [b'{"', b'":', b' "', b'",', b"true", b"null", b"\xc3\xa9"]
     return Vocabulary.from_token_bytes(tokens + [None], eos_token_ids=[len(tokens)])
+
+
+@pytest.fixture(scope="session")
+def build_serving(smollm2_tokenizer):
+    """Builds a `ServingState` over SmolLM2's tokenizer for a given model (the tiny random Llama in most tests)."""
+    from strictcall.server.engine import Engine, EngineConfig
+    from strictcall.server.model_runner import ModelRunner
+    from strictcall.server.serving import ServingState, build_grammars
+
+    def build(model, *, slots: int = 4, max_waiting: int = 64, max_model_len: int = 1024, start: bool = True) -> ServingState:
+        grammars = build_grammars(smollm2_tokenizer, model.config.vocab_size, None)
+        engine = Engine(ModelRunner(model, slots, max_model_len), grammars.vocabulary, smollm2_tokenizer, EngineConfig(max_waiting=max_waiting))
+        if start:
+            engine.start()
+        return ServingState(smollm2_tokenizer, grammars, engine, max_model_len)
+
+    return build

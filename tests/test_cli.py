@@ -41,7 +41,8 @@ def test_flags(monkeypatch) -> None:
     c = config(["--model", "/m/Qwen2.5-0.5B-Instruct-Q8_0.gguf", "--host", "0.0.0.0", "--port", "9001", "--device", "cpu", "--dtype", "bfloat16",
                 "--max-batch-size", "4", "--max-model-len", "1024", "--api-key", "k", "--cors-origin", "http://a", "--cors-origin", "http://b",
                 "--served-model-name", "qwen", "gpt-4o-mini", "--tool-format", "hermes", "--no-jump-forward", "--max-tools", "8",
-                "--max-schema-bytes", "2048", "--compile-timeout-s", "2.5", "--max-n", "2", "--max-body-bytes", "4096", "--log-level", "debug", "--auto-tool-bias", "4",
+                "--max-schema-bytes", "2048", "--compile-timeout-s", "2.5", "--max-n", "2", "--max-body-bytes", "4096", "--log-level", "debug",
+                "--auto-tool-bias", "4",
                 "--default-max-tokens", "64", "--generation-config", "none", "--no-log-requests"],
                monkeypatch=monkeypatch)
     assert c == ServerConfig(model="/m/Qwen2.5-0.5B-Instruct-Q8_0.gguf", host="0.0.0.0", port=9001, device="cpu", dtype="bfloat16", max_batch_size=4,

@@ -10,7 +10,7 @@ import pytest
 from strictcall.grammars.compiler import GrammarCompiler
 from strictcall.grammars.disk_cache import DiskCache
 from strictcall.grammars.formats import GENERIC
-from strictcall.grammars.tools import ToolGrammarCompiler
+from strictcall.grammars.tools import ToolGrammarCompiler, ToolSpec
 from strictcall.grammars.vocabulary import Vocabulary
 from strictcall.server import model_loader
 from strictcall.server.cli import main
@@ -39,7 +39,7 @@ def test_compile_fills_the_cache_the_server_reads(tmp_path, cache, smollm2_model
     model, tokenizer = smollm2_model
     vocabulary = Vocabulary.from_tokenizer(tokenizer, vocab_size=model.config.vocab_size)
     compiler = GrammarCompiler(vocabulary, disk_cache=DiskCache(cache))
-    turn = ToolGrammarCompiler(compiler, GENERIC).compile_turn(TOOLS, "auto")
+    turn = ToolGrammarCompiler(compiler, GENERIC).compile_turn([ToolSpec("get_weather", TOOLS[0]["function"]["parameters"])], "auto")
     assert compiler.num_disk_hits == 1 and len(turn.calls["get_weather"]._masks) == 30
 
 

@@ -112,9 +112,9 @@ def test_the_loading_thread_ends_once_the_model_is_loaded() -> None:
     async def run() -> None:
         async with app.router.lifespan_context(app):
             deadline = time.monotonic() + 10
-            while app.state.holder["serving"] is None and time.monotonic() < deadline:
+            while app.state.app_state.serving is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            assert app.state.holder["serving"] is serving
+            assert app.state.app_state.serving is serving
             for thread in [t for t in threading.enumerate() if t.name == "strictcall-load"]:
                 thread.join(timeout=5)
                 assert not thread.is_alive()

@@ -14,6 +14,7 @@ import pytest
 
 from strictcall.grammars.automaton import DEAD, AutomatonLimitError, LazyDfa, Nfa, utf8_sequences
 from strictcall.grammars.compiler import CompilerLimits, GrammarCompiler
+from strictcall.grammars.errors import GrammarError, RegexSyntaxError
 from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask, unpack_token_bitmask
 from strictcall.grammars.matcher import GrammarMatcher
 from strictcall.grammars.regex import parse_regex
@@ -147,7 +148,7 @@ def test_masks_equal_outlines_core_index(smollm2_vocabulary: Vocabulary, name: s
     assert num_compared >= 1
 
 
-def greedy_tokenize(data: bytes, vocabulary: Vocabulary, rng: random.Random, exclude: set[int] = set()) -> list[int]:
+def greedy_tokenize(data: bytes, vocabulary: Vocabulary, rng: random.Random, exclude: frozenset[int] = frozenset()) -> list[int]:
     """A longest-match tokenization with random shorter picks: splits a real tokenizer might not make."""
     by_bytes = {b: i for i, b in enumerate(vocabulary.token_bytes) if b and i not in exclude}
     ids = []
@@ -210,7 +211,7 @@ def test_forced_bytes_and_distance(byte_vocabulary: Vocabulary) -> None:
     grammar = GrammarCompiler(byte_vocabulary).compile_regex(r'\{"name": "(get_weather|get_time)", "n": [0-9]\}')
     matcher = GrammarMatcher(grammar)
     assert matcher.forced_bytes() == b'{"name": "get_'
-    assert matcher.min_bytes_to_accept() == len('{"name": "get_time", "n": 0}')
+    assert matcher.min_bytes_to_end() == len('{"name": "get_time", "n": 0}')
     assert matcher.accept_bytes(b'{"name": "get_w')
     assert matcher.forced_bytes() == b'eather", "n": '
 
@@ -274,7 +275,7 @@ def test_long_counted_repeats_are_unrolled_lazily(byte_vocabulary: Vocabulary) -
     for length, ok in [(19, False), (20, True), (300, True)]:
         matcher = GrammarMatcher(grammar)
         assert (matcher.accept_bytes(b'"' + b"x" * length + b'"') and matcher.is_accepting()) is ok
-    assert GrammarMatcher(grammar).min_bytes_to_accept() == 22
+    assert GrammarMatcher(grammar).min_bytes_to_end() == 22
     bounded = GrammarCompiler(byte_vocabulary).compile_regex("(ab){20,30}")
     for count, ok in [(19, False), (20, True), (30, True), (31, False)]:
         matcher = GrammarMatcher(bounded)
@@ -285,14 +286,14 @@ def test_compiler_caches_results_and_errors(byte_vocabulary: Vocabulary) -> None
     compiler = GrammarCompiler(byte_vocabulary)
     assert compiler.compile_regex("a+") is compiler.compile_regex("a+")
     for _ in range(2):
-        with pytest.raises(ValueError):
+        with pytest.raises(RegexSyntaxError):
             compiler.compile_regex("a(?=b)")
     assert compiler.num_cache_misses == 2 and compiler.num_cache_hits == 2
 
 
 def test_empty_language_is_a_clear_error(byte_vocabulary: Vocabulary) -> None:
     grammar = GrammarCompiler(byte_vocabulary).compile_regex("[^\\x00-\\U0010FFFF]")
-    with pytest.raises(ValueError, match="matches no string"):
+    with pytest.raises(GrammarError, match="matches no string"):
         GrammarMatcher(grammar)
 
 

@@ -13,10 +13,10 @@ import importlib.metadata
 import importlib.util
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ["server", "grammars", "kernels"]
@@ -76,3 +76,14 @@ def test_every_runtime_import_is_a_runtime_dependency() -> None:
             if not providers & declared:
                 missing[module] = f"{folder}/ imports it; provided by {sorted(providers)}"
     assert not missing, f"add to [project] dependencies in pyproject.toml: {missing}"
+
+
+def test_the_server_uses_only_the_grammars_facade() -> None:
+    """`server/` imports `strictcall.grammars` (its public face), never a grammars module directly."""
+    offenders = []
+    for path in (ROOT / "server").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            offenders += [f"{path.name}: {name}" for name in names if name.startswith("strictcall.grammars.")]
+    assert not offenders, offenders

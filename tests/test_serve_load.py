@@ -161,28 +161,19 @@ ENUM_TOOLS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_server(smollm2_tokenizer, smollm2_vocabulary, tiny_llama):
+def tiny_server(build_serving, tiny_llama):
     """A real HTTP server (uvicorn in a thread) for the app on a tiny random-weight Llama: the grammar does all the work."""
     import torch
     import uvicorn
 
-    from strictcall.grammars.compiler import GrammarCompiler
-    from strictcall.grammars.formats import detect_format
-    from strictcall.grammars.tools import ToolGrammarCompiler
-    from strictcall.server.api import ServingState, create_app
+    from strictcall.server.api import create_app
     from strictcall.server.config import ServerConfig
-    from strictcall.server.engine import Engine, EngineConfig
-    from strictcall.server.model_runner import ModelRunner
 
     # One torch thread: this model is tiny, and on a CPU shared with other jobs two OpenMP threads wait on each
     # other (measured here: a 2-row forward took 250 ms with 2 threads, 1 ms with 1).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    fmt = detect_format(smollm2_tokenizer.chat_template)
-    compiler = GrammarCompiler(smollm2_vocabulary)
-    engine = Engine(ModelRunner(tiny_llama, 4, 1024), smollm2_vocabulary, smollm2_tokenizer, EngineConfig())
-    engine.start()
-    serving = ServingState(smollm2_tokenizer, smollm2_vocabulary, fmt, compiler, ToolGrammarCompiler(compiler, fmt), engine, 1024)
+    serving = build_serving(tiny_llama)
     app = create_app(ServerConfig(served_model_names=("tiny",), max_model_len=1024), loader=lambda c: serving)  # lifespan stops the engine
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

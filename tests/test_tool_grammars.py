@@ -17,9 +17,12 @@ import numpy as np
 import pytest
 
 from strictcall.grammars.compiler import GrammarCompiler
-from strictcall.grammars.formats import FORMATS, GENERIC, HERMES, MISTRAL, ToolCall, detect_format
+from strictcall.grammars.errors import TurnError
+from strictcall.grammars.formats import FORMATS, GENERIC, HERMES, ToolCall, detect_format
+from strictcall.grammars.json_schema import UnsupportedSchemaError
 from strictcall.grammars.masks import unpack_token_bitmask
-from strictcall.grammars.tools import ToolGrammarCompiler, ToolGrammarError, TurnMatcher
+from strictcall.grammars.tools import AnswerSpec, ToolChoice, ToolGrammarCompiler, ToolSpec
+from strictcall.grammars.turn import TurnMatcher
 from strictcall.grammars.vocabulary import Vocabulary
 
 MODES = ["auto", "required", "named"]
@@ -36,6 +39,16 @@ WEATHER = {
     },
 }
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}}}
+
+
+def specs(tools: list[dict]) -> list[ToolSpec]:
+    """OpenAI tools (as the data holds them) as the grammars' specs."""
+    return [ToolSpec(t["function"]["name"], t["function"].get("parameters", {"type": "object", "properties": {}}), t["function"].get("strict") is True)
+            for t in tools]
+
+
+def choice_of(value) -> ToolChoice | str:
+    return ToolChoice.named(value["function"]["name"]) if isinstance(value, dict) else value
 
 
 def bfcl_tool_sets(data_dir: Path, limit: int) -> list[list[dict]]:
@@ -109,14 +122,15 @@ def check_turn(text: str, fmt, tools: list[dict], mode: str, parallel: bool, nam
 @pytest.mark.parametrize("format_name", sorted(FORMATS))
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("parallel", [True, False])
-def test_random_turns_parse_and_validate(compilers, vocabulary: Vocabulary, smollm2_tokenizer, data_dir: Path, format_name: str, mode: str, parallel: bool) -> None:
+def test_random_turns_parse_and_validate(compilers, vocabulary: Vocabulary, smollm2_tokenizer, data_dir: Path, format_name: str, mode: str,
+                                         parallel: bool) -> None:
     fmt = FORMATS[format_name]
     rng = np.random.default_rng(sorted(FORMATS).index(format_name) * 100 + MODES.index(mode) * 10 + parallel)
     num_finished = num_calls = 0
     for tools in bfcl_tool_sets(data_dir, 6) + [[WEATHER, TIME]]:
         named = tools[int(rng.integers(len(tools)))]["function"]["name"] if mode == "named" else None
         choice = {"type": "function", "function": {"name": named}} if named else mode
-        matcher = TurnMatcher(compilers[format_name].compile_turn(tools, choice, parallel))
+        matcher = TurnMatcher(compilers[format_name].compile_turn(specs(tools), choice_of(choice), parallel))
         text = bytearray()
         if mode == "auto":
             # Free text, then the trigger: random text alone would almost never call a tool.
@@ -157,7 +171,7 @@ def test_reference_calls_through_the_real_tokenizer_are_accepted(tokenizer_with_
     if fmt.special_tokens or format_name in ("hermes", "generic"):
         marker = fmt.special_tokens[0] if fmt.special_tokens else "<tool_call>"
         assert tokenizer_with_call_tokens.convert_tokens_to_ids(marker) in ids  # one token, not spelled out
-    matcher = TurnMatcher(compiler.compile_turn([WEATHER, TIME], choice))
+    matcher = TurnMatcher(compiler.compile_turn(specs([WEATHER, TIME]), choice_of(choice)))
     for token in ids:
         mask = matcher.next_token_bitmask()
         assert (mask[token // 32] >> (token % 32)) & 1, tokenizer_with_call_tokens.decode([token])
@@ -168,7 +182,7 @@ def test_reference_calls_through_the_real_tokenizer_are_accepted(tokenizer_with_
 
 
 def test_text_that_resembles_the_trigger_stays_text(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
-    matcher = TurnMatcher(compilers["hermes"].compile_turn([WEATHER], "auto"))
+    matcher = TurnMatcher(compilers["hermes"].compile_turn(specs([WEATHER]), "auto"))
     for token in smollm2_tokenizer.encode("Use <tool_cal> or <tool_call!", add_special_tokens=False):
         assert matcher.accept_token(token)
     assert not matcher.in_tool_call() and matcher.is_accepting()
@@ -180,7 +194,7 @@ def test_text_that_resembles_the_trigger_stays_text(compilers, vocabulary: Vocab
 
 def test_tokens_completing_the_trigger_and_entering_the_call_are_allowed(tokenizer_with_call_tokens) -> None:
     vocabulary = Vocabulary.from_tokenizer(tokenizer_with_call_tokens)
-    turn = ToolGrammarCompiler(GrammarCompiler(vocabulary), HERMES).compile_turn([WEATHER], "auto")
+    turn = ToolGrammarCompiler(GrammarCompiler(vocabulary), HERMES).compile_turn(specs([WEATHER]), "auto")
     matcher = TurnMatcher(turn)
     allowed = set(unpack_token_bitmask(matcher.next_token_bitmask(), vocabulary.vocab_size).tolist())
     assert tokenizer_with_call_tokens.convert_tokens_to_ids("<tool_call>") in allowed
@@ -190,7 +204,7 @@ def test_tokens_completing_the_trigger_and_entering_the_call_are_allowed(tokeniz
 
 
 def test_one_call_only_without_parallel_calls(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
-    turn = compilers["generic"].compile_turn([WEATHER, TIME], "required", parallel_tool_calls=False)
+    turn = compilers["generic"].compile_turn(specs([WEATHER, TIME]), "required", parallel_tool_calls=False)
     matcher = TurnMatcher(turn)
     for token in smollm2_tokenizer.encode(GENERIC.render_calls([ToolCall("get_time", {})]), add_special_tokens=False):
         assert matcher.accept_token(token)
@@ -199,7 +213,7 @@ def test_one_call_only_without_parallel_calls(compilers, vocabulary: Vocabulary,
 
 
 def test_mistral_needs_its_suffix_before_the_end(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
-    matcher = TurnMatcher(compilers["mistral"].compile_turn([TIME], "required"))
+    matcher = TurnMatcher(compilers["mistral"].compile_turn(specs([TIME]), "required"))
     for token in smollm2_tokenizer.encode('[TOOL_CALLS][{"name": "get_time", "arguments": {}}', add_special_tokens=False):
         assert matcher.accept_token(token)
     assert not matcher.is_accepting()
@@ -208,8 +222,8 @@ def test_mistral_needs_its_suffix_before_the_end(compilers, vocabulary: Vocabula
 
 
 def test_response_format_with_tools_keeps_calls_possible(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
-    answer = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}}
-    turn = compilers["hermes"].compile_turn([WEATHER], "auto", response_format=answer)
+    answer = AnswerSpec({"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]})
+    turn = compilers["hermes"].compile_turn(specs([WEATHER]), "auto", answer=answer)
     for text in ['{"x": 12}', HERMES.render_calls([ToolCall("get_weather", {"city": "Oslo"})])]:
         matcher = TurnMatcher(turn)
         for token in smollm2_tokenizer.encode(text, add_special_tokens=False):
@@ -220,29 +234,39 @@ def test_response_format_with_tools_keeps_calls_possible(compilers, vocabulary: 
 
 
 @pytest.mark.parametrize(
-    "tools, choice, param",
+    "tools, choice, part, index",
     [
-        ([WEATHER], {"type": "function", "function": {"name": "nope"}}, "tool_choice"),
-        ([], "required", "tool_choice"),
-        ([WEATHER], "sometimes", "tool_choice"),
-        ([{"type": "function", "function": {"name": "bad name!"}}], "auto", "tools[0].function.name"),
-        ([WEATHER, WEATHER], "auto", "tools[1].function.name"),
-        ([{"type": "function", "function": {"name": "f", "strict": True, "parameters": {"type": "array", "uniqueItems": True}}}], "auto", "tools[0].function.parameters"),
+        ([WEATHER], ToolChoice.named("nope"), "tool_choice", None),
+        ([], "required", "tool_choice", None),
+        ([WEATHER], "sometimes", "tool_choice", None),
+        ([WEATHER, WEATHER], "auto", "tools", 1),
+        ([{"type": "function", "function": {"name": "f", "strict": True, "parameters": {"type": "array", "uniqueItems": True}}}], "auto", "tools", 0),
     ],
+    ids=["named missing", "required without tools", "unknown mode", "name twice", "strict schema not enforceable"],
 )
-def test_bad_requests_are_clear_errors(compilers, tools, choice, param: str) -> None:
-    with pytest.raises(ToolGrammarError) as error:
-        compilers["hermes"].compile_turn(tools, choice)
-    assert error.value.param == param
+def test_bad_turns_say_which_input(compilers, tools, choice, part: str, index: int | None) -> None:
+    with pytest.raises(TurnError) as error:
+        compilers["hermes"].compile_turn(specs(tools), choice)
+    assert (error.value.part, error.value.index) == (part, index)
+
+
+def test_a_schema_that_cannot_be_enforced_keeps_its_cause(compilers) -> None:
+    tool = ToolSpec("f", {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}, strict=True)
+    with pytest.raises(TurnError) as error:
+        compilers["hermes"].compile_turn([tool], "auto")
+    cause = error.value.cause
+    assert isinstance(cause, UnsupportedSchemaError) and (cause.pointer, cause.keyword) == ("/properties/tags", "uniqueItems")
+    non_strict = compilers["hermes"].compile_turn([ToolSpec("f", tool.parameters)], "auto")
+    assert non_strict.unenforced == (("tools", 0, "/properties/tags", "uniqueItems"),)
 
 
 def test_turns_and_tool_grammars_are_cached(vocabulary: Vocabulary) -> None:
     grammar_compiler = GrammarCompiler(vocabulary)
     compiler = ToolGrammarCompiler(grammar_compiler, HERMES)
-    turn = compiler.compile_turn([WEATHER, TIME], "auto")
-    assert compiler.compile_turn([WEATHER, TIME], "auto") is turn
+    turn = compiler.compile_turn(specs([WEATHER, TIME]), "auto")
+    assert compiler.compile_turn(specs([WEATHER, TIME]), "auto") is turn
     misses = grammar_compiler.num_cache_misses
-    other = compiler.compile_turn([TIME, WEATHER], "required")  # same tools, another turn: no new tool grammar
+    other = compiler.compile_turn(specs([TIME, WEATHER]), "required")  # same tools, another turn: no new tool grammar
     assert other is not turn and grammar_compiler.num_cache_misses == misses
 
 
@@ -270,7 +294,7 @@ def test_logits_processor_constrains_generate_on_a_random_model(compilers, vocab
     config = LlamaConfig(vocab_size=vocabulary.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
     model = LlamaForCausalLM(config).eval()
-    turn = compilers["generic"].compile_turn([WEATHER, TIME], "required", parallel_tool_calls=False)
+    turn = compilers["generic"].compile_turn(specs([WEATHER, TIME]), "required", parallel_tool_calls=False)
     matchers = [TurnMatcher(turn), TurnMatcher(turn)]
     prompt = torch.tensor([smollm2_tokenizer.encode("What is the weather?")] * 2)
     with torch.no_grad():
@@ -287,19 +311,13 @@ def test_logits_processor_constrains_generate_on_a_random_model(compilers, vocab
 
 def test_a_trailing_newline_may_end_the_turn(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
     # SmolLM2 writes a newline after </tool_call> and then stops; that newline must not force another call.
-    matcher = TurnMatcher(compilers["generic"].compile_turn([WEATHER, TIME], "required"))
+    matcher = TurnMatcher(compilers["generic"].compile_turn(specs([WEATHER, TIME]), "required"))
     for token in smollm2_tokenizer.encode(GENERIC.render_calls([ToolCall("get_time", {})]) + "\n", add_special_tokens=False):
         assert matcher.accept_token(token)
     assert matcher.is_accepting()
     assert matcher.accept_token(vocabulary.eos_token_ids[0])
     text = GENERIC.render_calls([ToolCall("get_time", {})]) + "\n"
     assert GENERIC.parse_tool_calls(text)[1] == [ToolCall("get_time", {})]
-
-
-def test_unsupported_keyword_error_tells_http_users_what_to_set(compilers) -> None:
-    tool = {"type": "function", "function": {"name": "f", "strict": True, "parameters": {"type": "array", "uniqueItems": True}}}
-    with pytest.raises(ToolGrammarError, match='set "strict": false on the tool'):
-        compilers["hermes"].compile_turn([tool], "auto")
 
 
 def test_every_bfcl_tool_set_gives_valid_turns(compilers, vocabulary: Vocabulary, smollm2_tokenizer, data_dir: Path) -> None:
@@ -311,7 +329,7 @@ def test_every_bfcl_tool_set_gives_valid_turns(compilers, vocabulary: Vocabulary
         rng = np.random.default_rng(1000 + i)
         named = tools[int(rng.integers(len(tools)))]["function"]["name"] if mode == "named" else None
         choice = {"type": "function", "function": {"name": named}} if named else mode
-        matcher = TurnMatcher(compilers[format_name].compile_turn(tools, choice, parallel))
+        matcher = TurnMatcher(compilers[format_name].compile_turn(specs(tools), choice_of(choice), parallel))
         text = bytearray()
         if random_turn(matcher, vocabulary, rng, text, max_steps=250):
             check_turn(text.decode("utf-8"), FORMATS[format_name], tools, mode, parallel, named)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from strictcall.grammars.signatures import is_plain, python_signature, python_type
+from strictcall.server.tool_prompt import is_plain, python_signature, python_type
 
 SPEED = {
     "name": "calculate_speed",

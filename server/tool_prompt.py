@@ -1,5 +1,5 @@
-"""A tool as a Python function signature with a docstring: how we show tools to a model whose chat template
-knows nothing of them.
+"""How tools are shown to a model whose chat template knows nothing of them: a system message with each tool as
+a Python function signature with a docstring, then the call syntax.
 
 Why Python: a small model has read far more Python than JSON Schema. Shown `def name(param: type = default)`
 with the descriptions in a Google-style docstring, SmolLM2-135M filled arguments better than from the raw
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 from typing import Any
+
+from strictcall.grammars import ToolCall, ToolCallFormat
 
 _PYTHON_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "null": "None", "array": "list", "object": "dict"}
 # Keywords a Python type (with the description and default) says completely; any other keyword, a string
@@ -103,3 +105,33 @@ def _python_literal(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)}: {_python_literal(v)}" for k, v in value.items()) + "}"
     return json.dumps(value)
+
+
+def render_tools_prompt(format: ToolCallFormat, functions: list[dict[str, Any]], tool_choice_mode: str = "auto") -> str:
+    """A system message that describes the tools and the exact call syntax, for templates without tools.
+
+    The syntax is shown with schematic names only (`<tool name>`, `<parameter>`, `<value>`), never as an example
+    call of an offered tool: SmolLM2-135M copied such an example's placeholder values (`1`, `"..."`) into its
+    real calls and favoured the example's tool (BFCL `required`, 2026-11-23).
+
+    Args:
+        format: the call syntax.
+        functions: the OpenAI tools' `function` objects (name, description, parameters).
+        tool_choice_mode: `auto` adds when to answer in plain text; `required`/`named` ask for a call; `none`
+            says not to call (the tools are still shown, as OpenAI and vLLM do).
+    """
+    lines = ["You can call the following tools, written as Python functions:", ""]
+    lines.append("\n\n".join(python_signature(function) for function in functions))
+    lines += [
+        "",
+        "To call a tool, answer with the call and nothing else, written exactly like this, with the argument "
+        "values taken from the request:",
+        format.render_calls([ToolCall("<tool name>", {"<parameter>": "<value>"})]),
+    ]
+    if tool_choice_mode == "auto":
+        lines.append("If no tool fits the request, answer in plain text instead.")
+    elif tool_choice_mode == "none":
+        lines.append("Do not call a tool now: answer in plain text.")
+    else:
+        lines.append("Answer with a tool call.")
+    return "\n".join(lines)

@@ -1,0 +1,425 @@
+"""A turn's grammar, composed at run time from per-tool grammars, and its matcher.
+
+A tool's whole call (envelope + `{"name": "<name>", "arguments": <schema>}`) is one `CompiledGrammar`,
+compiled once per (schema, format, vocabulary) and cached (`tools.py`). A turn (`TurnGrammar`) only names which
+grammars may follow which: `prefix call (separator call)* suffix` (the format's literal pieces are grammars of
+their own), or in `auto` mode free text (or a response-format answer) that may switch to calls. A
+`TurnMatcher` holds the set of live configurations (segment, grammar state); its mask is the bitwise OR of
+theirs, so while the tool name is still open every offered tool is live and a name that was not offered is
+impossible. A turn is one more grammar kind: `new_matcher()` gives a `Matcher`, as for a single grammar.
+
+Invariant: the mask and `accept_token` agree; end of turn is allowed only after a complete answer or a
+complete call sequence. Boundaries are exact: a token may end one segment and go on into the next (`}},`
+from a call into Mistral's separator; `>` + `\n{"` from free text through the trigger into a call), so the
+model can keep its own tokenization across them.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from strictcall.grammars.automaton import DEAD, paused_gc
+from strictcall.grammars.cache import LruCache
+from strictcall.grammars.compiler import CompiledGrammar
+from strictcall.grammars.formats import ToolCallFormat
+from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask, write_bitmask_row
+from strictcall.grammars.vocabulary import Vocabulary
+
+# Masks kept per turn, one per set of live configurations (6 KB each with a 49,152-token vocabulary).
+_MAX_CACHED_MASKS = 4096
+# A keyword a non-strict schema has that its grammar does not enforce: (part, tool index, JSON pointer, keyword),
+# part "tools" (index: the tool's position) or "answer" (index None).
+Unenforced = tuple[str, "int | None", str, str]
+
+
+class TriggerDfa:
+    """The trigger's KMP automaton in the `LazyDfa` interface: state k = the text ends with trigger[:k].
+
+    Completing the trigger is DEAD here: free text cannot contain it (the turn switches to a call instead).
+    """
+
+    def __init__(self, trigger: bytes):
+        size = len(trigger)
+        table = np.zeros((size, 256), dtype=np.int32)
+        table[0, trigger[0]] = 1
+        fallback = 0
+        for j in range(1, size):
+            table[j] = table[fallback]
+            table[j, trigger[j]] = j + 1
+            fallback = int(table[fallback, trigger[j]])
+        table[table == size] = DEAD
+        self.table = table
+        self.trigger = trigger
+
+    def expand(self, state: int) -> np.ndarray:
+        return self.table[state]
+
+    def expand_all(self, states: np.ndarray) -> None:
+        pass
+
+    def split(self, state: int, data: bytes) -> tuple[int, bytes | None]:
+        """Walk `data`: (new state, None) if the trigger does not complete, else (-, bytes after the trigger)."""
+        for i, byte in enumerate(data):
+            state = int(self.table[state, byte])
+            if state == DEAD:
+                return DEAD, data[i + 1 :]
+        return state, None
+
+
+class FreeText:
+    """Free text that ends where the trigger appears; per trigger state, the tokens that keep it free (shared
+    by every turn of a format, so a turn only checks the few tokens that complete the trigger)."""
+
+    def __init__(self, trigger: str, vocabulary: Vocabulary):
+        self.dfa = TriggerDfa(trigger.encode("utf-8"))
+        self.vocabulary = vocabulary
+        self._tokens: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def tokens(self, state: int) -> tuple[np.ndarray, np.ndarray]:
+        """(packed mask of the tokens that keep the text free, ids of the tokens that complete the trigger)."""
+        cached = self._tokens.get(state)
+        if cached is None:
+            free, _ = allowed_token_ids(self.dfa, state, self.vocabulary.content_tokens)  # type: ignore[arg-type]
+            completing = np.setdiff1d(self.vocabulary.content_tokens.ids, free)
+            cached = (pack_token_bitmask(free, self.vocabulary.num_words), completing)
+            with self._lock:
+                self._tokens[state] = cached
+        return cached
+
+
+# A configuration: (segment, tool name or "", grammar state, number of calls completed before it).
+# Segments: "text" (free text; the state is the trigger automaton's), "prefix", "call", "sep", "suffix" (the
+# format's pieces around the calls), "answer" (response_format).
+Config = tuple[str, str, int, int]
+
+
+@dataclass(frozen=True)
+class FormatGrammars:
+    """What every turn of one format shares: the literal pieces' grammars and free text."""
+
+    format: ToolCallFormat
+    prefix: CompiledGrammar | None
+    separator: CompiledGrammar | None
+    suffix: CompiledGrammar | None
+    free_text: FreeText
+
+
+class TurnGrammar:
+    """The grammars one turn may use and how they follow each other (immutable, cached, shared).
+
+    Attributes:
+        calls: per tool name, the grammar of its whole call (envelope included).
+        max_calls: at most this many calls (None: no limit).
+        allow_text: free text is allowed (auto mode without a response_format, or no tools).
+        answer: the answer format's grammar, if any.
+        unenforced: the keywords of non-strict schemas (tools, answer) that are not enforced.
+    """
+
+    def __init__(
+        self,
+        shared: FormatGrammars,
+        vocabulary: Vocabulary,
+        calls: dict[str, CompiledGrammar],
+        max_calls: int | None,
+        allow_text: bool,
+        answer: CompiledGrammar | None,
+        unenforced: tuple[Unenforced, ...] = (),
+    ):
+        self.format = shared.format
+        self.vocabulary = vocabulary
+        self.calls = calls
+        self.max_calls = max_calls
+        self.allow_text = allow_text
+        self.answer = answer
+        self.unenforced = unenforced
+        self._shared = shared
+        self._pieces = {"prefix": shared.prefix, "sep": shared.separator, "suffix": shared.suffix}
+        self._trailing_separator = not self.format.separator.strip()
+        self._masks: LruCache[np.ndarray] = LruCache(_MAX_CACHED_MASKS)
+        self._into_call: dict[int, np.ndarray] = {}
+
+    @property
+    def is_unconstrained(self) -> bool:
+        """Free text with no calls and no answer format: nothing to mask."""
+        return self.allow_text and not self.calls and self.answer is None
+
+    def new_matcher(self) -> TurnMatcher:
+        return TurnMatcher(self)
+
+    def grammar_of(self, config: Config) -> CompiledGrammar:
+        segment = config[0]
+        if segment == "call":
+            return self.calls[config[1]]
+        if segment == "answer":
+            return self.answer  # type: ignore[return-value]
+        return self._pieces[segment]  # type: ignore[return-value]
+
+    def _calls_from(self, num_calls: int, lead: str = "prefix") -> set[Config]:
+        """Where a call (or the first one, after the prefix) may start."""
+        piece = self._pieces[lead]
+        if piece is not None:
+            return {(lead, "", piece.start_state, num_calls)}
+        return {("call", name, g.start_state, num_calls) for name, g in self.calls.items()}
+
+    def start_configs(self) -> frozenset[Config]:
+        configs: set[Config] = set()
+        if self.allow_text:
+            configs.add(("text", "", 0, 0))
+        elif self.calls:
+            configs |= self._calls_from(0)
+        if self.answer is not None:
+            configs.add(("answer", "", self.answer.start_state, 0))
+        return self.closure(configs)
+
+    def closure(self, configs: set[Config]) -> frozenset[Config]:
+        """Add what may start where a segment is complete (until nothing new is added)."""
+        out = set(configs)
+        pending = list(configs)
+        while pending:
+            for follow in self._follow(pending.pop()):
+                if follow not in out:
+                    out.add(follow)
+                    pending.append(follow)
+        return frozenset(out)
+
+    def _follow(self, config: Config) -> set[Config]:
+        segment, _, state, num_calls = config
+        if segment in ("text", "answer", "suffix") or not self.grammar_of(config).is_accepting(state):
+            return set()
+        if segment in ("prefix", "sep"):
+            return {("call", name, g.start_state, num_calls) for name, g in self.calls.items()}
+        done = num_calls + 1  # a call is complete
+        out: set[Config] = set()
+        if self._pieces["suffix"] is not None:
+            out.add(("suffix", "", self._pieces["suffix"].start_state, done))
+        if self.max_calls is None or done < self.max_calls:
+            out |= self._calls_from(done, lead="sep")
+        return out
+
+    def follow_ons(self, config: Config) -> frozenset[Config]:
+        """What may start right after `config` (the next call, a separator, the suffix), if it is complete."""
+        return self.closure({config}) - {config}
+
+    def may_end(self, configs: frozenset[Config]) -> bool:
+        """End of turn is allowed: free text, or a complete answer, suffix, or call (when there is no suffix).
+
+        A whitespace separator may also end the turn: models write `</tool_call>` and a newline, then stop;
+        without this, the newline could only begin another call, and a small model repeats its call until
+        `max_tokens` (SmolLM2 on BFCL `required`).
+        """
+        no_suffix = self._pieces["suffix"] is None
+        for config in configs:
+            segment, _, state, _ = config
+            if segment == "text":
+                return True
+            ends = segment in ("answer", "suffix") or (no_suffix and (segment == "call" or (segment == "sep" and self._trailing_separator)))
+            if ends and self.grammar_of(config).is_accepting(state):
+                return True
+        return False
+
+    def advance(self, configs: frozenset[Config], data: bytes) -> frozenset[Config]:
+        """The live configurations after a token's bytes (empty if the token is not allowed)."""
+        out: set[Config] = set()
+        for config in configs:
+            out |= self._advance_one(config, data)
+        return self.closure(out)
+
+    def _advance_one(self, config: Config, data: bytes) -> set[Config]:
+        segment, name, state, num_calls = config
+        if segment == "text":
+            if not self.calls:
+                return {config}
+            new_state, rest = self._shared.free_text.dfa.split(state, data)
+            if rest is None:
+                return {("text", "", new_state, 0)}
+            # The trigger is complete: the calls take over, from the start of the trigger.
+            lead = self._shared.free_text.dfa.trigger + rest
+            out: set[Config] = set()
+            for start in self.closure(self._calls_from(0)):
+                out |= self._advance_one(start, lead)
+            return out
+        grammar = self.grammar_of(config)
+        out = set()
+        for i, byte in enumerate(data):
+            state = int(grammar.dfa.expand(state)[byte])
+            if state == DEAD:
+                return out
+            if i + 1 < len(data) and grammar.is_accepting(state):
+                # The token goes on past the end of this segment into what may follow it.
+                for follow in self.follow_ons((segment, name, state, num_calls)):
+                    out |= self._advance_one(follow, data[i + 1 :])
+        out.add((segment, name, state, num_calls))
+        return out
+
+    def token_bitmask(self, configs: frozenset[Config]) -> np.ndarray:
+        """The OR of every live configuration's mask, with end-of-turn ids where the turn may end."""
+        mask = self._masks.get(configs)
+        if mask is not None:
+            return mask
+        with paused_gc():
+            rows = []
+            crossing: list[int] = []
+            for config in configs:
+                if config[0] == "text":
+                    rows.append(self._text_bitmask(config[2]))
+                    continue
+                grammar = self.grammar_of(config)
+                rows.append(grammar.token_bitmask(config[2]))
+                if self.follow_ons_possible(config):
+                    crossing += self._crossing_tokens(config, grammar)
+            if crossing:
+                rows.append(pack_token_bitmask(np.array(crossing, dtype=np.int64), self.vocabulary.num_words))
+            eos = self.vocabulary.eos_bitmask
+            mask = np.bitwise_or.reduce(np.stack(rows), axis=0) & ~eos
+            if self.may_end(configs):
+                mask |= eos
+        mask.setflags(write=False)
+        self._masks.put(configs, mask)
+        return mask
+
+    def follow_ons_possible(self, config: Config) -> bool:
+        """Whether anything can follow this segment (so tokens may cross its end)."""
+        segment = config[0]
+        if segment in ("prefix", "sep"):
+            return True
+        return segment == "call" and (self._pieces["suffix"] is not None or self.max_calls is None or config[3] + 1 < self.max_calls)
+
+    def _crossing_tokens(self, config: Config, grammar: CompiledGrammar) -> list[int]:
+        """Tokens that finish this segment and go on into what follows it."""
+        segment, name, state, num_calls = config
+        token_ids, positions = grammar.tokens_through_accepting(state)
+        out = []
+        for token_id, position in zip(token_ids.tolist(), positions.tolist()):
+            data = self.vocabulary.token_bytes[token_id]
+            done = (segment, name, grammar.dfa.walk(state, data[:position]), num_calls)
+            follow = self.follow_ons(done)
+            if follow and self.advance(follow, data[position:]):
+                out.append(token_id)
+        return out
+
+    def _text_bitmask(self, state: int) -> np.ndarray:
+        if not self.calls:
+            return self.vocabulary.content_bitmask
+        cached = self._into_call.get(state)
+        if cached is None:
+            free, completing = self._shared.free_text.tokens(state)
+            text = frozenset({("text", "", state, 0)})
+            into_call = [i for i in completing.tolist() if self.advance(text, self.vocabulary.token_bytes[i])]
+            cached = free | pack_token_bitmask(np.array(into_call, dtype=np.int64), self.vocabulary.num_words)
+            self._into_call[state] = cached
+        return cached
+
+    def forced_bytes(self, configs: frozenset[Config]) -> bytes:
+        """The bytes every continuation starts with: the common prefix of the live configurations' forced text."""
+        if not configs or self.may_end(configs):
+            return b""
+        forced = []
+        for config in configs:
+            if config[0] == "text":
+                return b""
+            forced.append(self.grammar_of(config).forced_bytes(config[2]))
+        common = forced[0]
+        for other in forced[1:]:
+            n = 0
+            while n < min(len(common), len(other)) and common[n] == other[n]:
+                n += 1
+            common = common[:n]
+        return common
+
+    def min_bytes_to_end(self, configs: frozenset[Config]) -> int:
+        """Fewest bytes before the turn may end (a lower bound for `max_tokens` checks)."""
+        best = None
+        suffix = len(self.format.suffix.encode("utf-8"))
+        for config in configs:
+            if config[0] == "text":
+                return 0
+            remaining = self.grammar_of(config).min_bytes_to_accept(config[2])
+            if config[0] in ("prefix", "sep"):
+                remaining += min(g.min_bytes_to_accept(g.start_state) for g in self.calls.values()) + suffix
+            elif config[0] == "call":
+                remaining += suffix
+            best = remaining if best is None else min(best, remaining)
+        return 0 if best is None else best
+
+
+class TurnMatcher:
+    """One request's position in a `TurnGrammar` (a `Matcher`)."""
+
+    def __init__(self, turn: TurnGrammar):
+        self.turn = turn
+        self._history: list[frozenset[Config]] = [turn.start_configs()]
+        self._terminated = False
+
+    @property
+    def configs(self) -> frozenset[Config]:
+        return self._history[-1]
+
+    def is_terminated(self) -> bool:
+        return self._terminated
+
+    def is_accepting(self) -> bool:
+        return self._terminated or self.turn.may_end(self.configs)
+
+    def is_only_end_allowed(self) -> bool:
+        return self._terminated or (self.turn.may_end(self.configs) and
+                                    np.array_equal(self.next_token_bitmask(), self.turn.vocabulary.eos_bitmask))
+
+    def accept_token(self, token_id: int) -> bool:
+        """Advance by one token; False (and no change) if the turn does not allow it here."""
+        if self._terminated:
+            return False
+        vocabulary = self.turn.vocabulary
+        if token_id in vocabulary.eos_token_ids:
+            if not self.turn.may_end(self.configs):
+                return False
+            self._history.append(self.configs)
+            self._terminated = True
+            return True
+        if not 0 <= token_id < vocabulary.vocab_size or not vocabulary.token_bytes[token_id]:
+            return False
+        return self.accept_bytes(vocabulary.token_bytes[token_id])  # type: ignore[arg-type]
+
+    def accept_bytes(self, data: bytes) -> bool:
+        """Advance by raw bytes (forced text); one step for `rollback`."""
+        if self._terminated:
+            return False
+        configs = self.turn.advance(self.configs, data)
+        if not configs:
+            return False
+        self._history.append(configs)
+        return True
+
+    def rollback(self, num_steps: int) -> None:
+        if not 0 <= num_steps < len(self._history):
+            raise ValueError(f"cannot roll back {num_steps} steps: only {len(self._history) - 1} were accepted")
+        if num_steps and self._terminated:
+            self._terminated = False
+        del self._history[len(self._history) - num_steps :]
+
+    def reset(self) -> None:
+        del self._history[1:]
+        self._terminated = False
+
+    def next_token_bitmask(self) -> np.ndarray:
+        if self._terminated:
+            return self.turn.vocabulary.eos_bitmask
+        return self.turn.token_bitmask(self.configs)
+
+    def fill_next_token_bitmask(self, bitmask: Any, index: int = 0) -> None:
+        """Write the allowed tokens into row `index` of a `(batch, ceil(V/32))` int32 bitmask."""
+        write_bitmask_row(bitmask, index, self.next_token_bitmask())
+
+    def forced_bytes(self) -> bytes:
+        return b"" if self._terminated else self.turn.forced_bytes(self.configs)
+
+    def min_bytes_to_end(self) -> int:
+        return 0 if self._terminated else self.turn.min_bytes_to_end(self.configs)
+
+    def in_tool_call(self) -> bool:
+        """Whether the text so far has committed to tool calls (the trigger is complete)."""
+        return bool(self.configs) and not any(c[0] in ("text", "answer") for c in self.configs)
