@@ -119,7 +119,7 @@ def run_engine(engine: Engine, requests: list[EngineRequest], concurrency: int) 
         while not queue.empty():
             request = queue.get_nowait()
             parts = []
-            async for event in engine.generate(request):
+            async for _, event in engine.generate([request]):
                 parts.append(event.text)
                 if event.finish_reason:
                     tokens += event.num_output_tokens
