@@ -11,14 +11,16 @@ public face: the server imports nothing else from it.
 
 from __future__ import annotations
 
+from strictcall.grammars.cancel import CompileCancelledError, cancellable, check_cancelled
 from strictcall.grammars.compiler import CompiledGrammar, CompilerLimits, GrammarCompiler
 from strictcall.grammars.disk_cache import DiskCache
-from strictcall.grammars.errors import AutomatonLimitError, GrammarError, RegexSyntaxError, TurnError
+from strictcall.grammars.errors import AutomatonLimitError, GrammarError, InvalidSchemaError, RegexSyntaxError, TurnError
 from strictcall.grammars.formats import FORMATS, ToolCall, ToolCallFormat, detect_format, get_format
 from strictcall.grammars.json_schema import SchemaOptions, UnsupportedSchemaError, json_schema_to_regex
 from strictcall.grammars.matcher import Grammar, GrammarMatcher, Matcher
 from strictcall.grammars.regex import escape
-from strictcall.grammars.tools import AnswerSpec, ToolChoice, ToolGrammarCompiler, ToolSpec
+from strictcall.grammars.schema_check import check_schema
+from strictcall.grammars.tools import AnswerSpec, ToolChoice, ToolGrammarCompiler, ToolSpec, turn_key
 from strictcall.grammars.turn import TurnGrammar, TurnMatcher, Unenforced
 from strictcall.grammars.vocabulary import Vocabulary
 
@@ -26,6 +28,7 @@ __all__ = [
     "FORMATS",
     "AnswerSpec",
     "AutomatonLimitError",
+    "CompileCancelledError",
     "CompiledGrammar",
     "CompilerLimits",
     "DiskCache",
@@ -33,6 +36,7 @@ __all__ = [
     "GrammarCompiler",
     "GrammarError",
     "GrammarMatcher",
+    "InvalidSchemaError",
     "Matcher",
     "RegexSyntaxError",
     "SchemaOptions",
@@ -47,8 +51,12 @@ __all__ = [
     "Unenforced",
     "UnsupportedSchemaError",
     "Vocabulary",
+    "cancellable",
+    "check_cancelled",
+    "check_schema",
     "detect_format",
     "escape",
     "get_format",
     "json_schema_to_regex",
+    "turn_key",
 ]

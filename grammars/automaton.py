@@ -20,6 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from strictcall.grammars.cancel import check_cancelled
 from strictcall.grammars.errors import AutomatonLimitError
 from strictcall.grammars.regex import Alternation, CharClass, Concat, Node, Repeat
 
@@ -142,6 +143,8 @@ class Nfa:
             self._settle_distances(range(len(self.epsilons)))
 
     def _new_state(self) -> int:
+        if not len(self.epsilons) & 1023:
+            check_cancelled()
         if len(self.epsilons) >= self.max_states:
             raise AutomatonLimitError(f"the regex needs more than {self.max_states} NFA states; simplify the schema")
         self.byte_edges.append([])
@@ -335,6 +338,7 @@ class LazyDfa:
         if state_id is not None:
             return state_id
         state_id = len(self._sets)
+        check_cancelled()
         if state_id >= self.max_states:
             raise AutomatonLimitError(
                 f"the grammar needs more than {self.max_states} DFA states; simplify the schema "

@@ -171,8 +171,7 @@ class GrammarCompiler:
             AutomatonLimitError: the schema needs more automaton states than the limits allow.
         """
         options = options or SchemaOptions()
-        # Not sort_keys: property order is part of the grammar.
-        key = ("json_schema", json.dumps(schema, ensure_ascii=False), strict, options)
+        key = _json_schema_key(schema, strict, options)
 
         def build() -> CompiledGrammar:
             result = json_schema_to_regex(schema, strict=strict, options=options)
@@ -190,6 +189,15 @@ class GrammarCompiler:
             AutomatonLimitError: the regex needs more automaton states than the limits allow.
         """
         return self._cached(("regex", regex), lambda: self._from_disk(regex) or CompiledGrammar(regex, self.vocabulary, self.limits))
+
+    def cached_json_schema(self, schema: dict[str, Any] | bool, *, strict: bool = True, options: SchemaOptions | None = None) -> CompiledGrammar | None:
+        """The grammar if it is compiled already (a lookup: callers skip the compile queue), else None."""
+        entry = self._cache.get(_json_schema_key(schema, strict, options or SchemaOptions()))
+        return entry if isinstance(entry, CompiledGrammar) else None
+
+    def cached_regex(self, regex: str) -> CompiledGrammar | None:
+        entry = self._cache.get(("regex", regex))
+        return entry if isinstance(entry, CompiledGrammar) else None
 
     def _from_disk(self, regex: str) -> CompiledGrammar | None:
         if self.disk_cache is None:
@@ -219,3 +227,8 @@ class GrammarCompiler:
         if isinstance(entry, GrammarError):
             raise entry
         return entry
+
+
+def _json_schema_key(schema: dict[str, Any] | bool, strict: bool, options: SchemaOptions) -> tuple[Any, ...]:
+    # Not sort_keys: property order is part of the grammar.
+    return ("json_schema", json.dumps(schema, ensure_ascii=False), strict, options)

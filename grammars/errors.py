@@ -28,6 +28,18 @@ class UnsupportedSchemaError(GrammarError):
         super().__init__(f"schema at {pointer or '/'}: keyword {keyword!r} {reason}")
 
 
+class InvalidSchemaError(GrammarError):
+    """Not a JSON Schema at all (a keyword of the wrong type, a number JSON cannot hold, too deep).
+
+    Attributes:
+        pointer: JSON pointer to the offending value ("" is the root).
+    """
+
+    def __init__(self, pointer: str, reason: str) -> None:
+        self.pointer = pointer
+        super().__init__(f"schema at {pointer or '/'} {reason}")
+
+
 class RegexSyntaxError(GrammarError):
     """A pattern outside our syntax; the message names the position and the construct."""
 

@@ -181,13 +181,26 @@ def _magnitude(low: Decimal, low_exclusive: bool, high: Decimal | None, high_exc
     return alt(parts)
 
 
+# The largest finite double is 1.797e308. An exponent follows a one-digit integer part only (as Python's repr and
+# JavaScript write numbers: `1.5e+300`), and a positive one is at most 307, so every number is finite as a double
+# (`9e999` is valid JSON text, but JSON parsers read it as infinity).
+_MAX_POSITIVE_EXPONENT = 307
+
+
+def _positive_exponent(options: DigitBounds) -> str:
+    """Exponent digit strings up to 307 (leading zeros allowed, as in Python's `1e+16` and JSON)."""
+    return alt(_same_length_range("0" * length, str(min(_MAX_POSITIVE_EXPONENT, 10**length - 1)).zfill(length))
+               for length in range(1, options.max_exponent_digits + 1)) or ""
+
+
 def number_range(low: Decimal | None, low_exclusive: bool, high: Decimal | None, high_exclusive: bool,
                  options: DigitBounds) -> str | None:
     """Numbers between `low` and `high` (None: open), in fixed notation; with neither bound, any JSON number."""
     if low is None and high is None:
-        integer = f"(?:0|[1-9][0-9]{{0,{options.max_integer_digits - 1}}})"
         fraction = opt(f"\\.[0-9]{{1,{options.max_fraction_digits}}}") if options.max_fraction_digits else ""
-        return f"-?{integer}{fraction}(?:[eE][+-]?[0-9]{{1,{options.max_exponent_digits}}})?"
+        exponent = f"(?:[eE](?:-[0-9]{{1,{options.max_exponent_digits}}}|\\+?{_positive_exponent(options)}))?"
+        longer = f"|[1-9][0-9]{{1,{options.max_integer_digits - 1}}}{fraction}" if options.max_integer_digits > 1 else ""
+        return f"-?(?:[0-9]{fraction}{exponent}{longer})"
     parts: list[str | None] = []
     if high is None or high > 0 or (high == 0 and not high_exclusive):
         non_negative = (Decimal(0), False) if low is None or low < 0 else (low, low_exclusive)

@@ -14,7 +14,9 @@ disjointness check in `schema_merge`.
 Documented bounds (the schema leaves these open; `SchemaOptions` overrides them):
 - integers have at most `max_integer_digits` digits (16: every integer a double holds exactly, |x| <= 2**53);
   numbers likewise in their integer part, at most `max_fraction_digits` fraction digits (20: every double's
-  shortest form in fixed notation, e.g. Python's `repr`) and `max_exponent_digits` exponent digits (3: 1e308).
+  shortest form in fixed notation, e.g. Python's `repr`) and `max_exponent_digits` exponent digits (3). An
+  exponent follows a one-digit integer part (as Python and JavaScript write numbers: `1.5e+300`) and a positive
+  one is at most 307, so every number is finite as a double (JSON parsers read `9e999` as infinity).
   A bound the schema states itself (`maximum`, ...) always wins over these.
 - numbers with a `minimum`/`maximum` bound are written in fixed notation (no exponent): exact for any decimal
   bound. Integers never have a fraction or exponent (`1.0` is not accepted for `integer`).
@@ -49,11 +51,13 @@ from typing import Any
 
 import jsonschema
 
+from strictcall.grammars.cancel import check_cancelled
 from strictcall.grammars.errors import RegexSyntaxError, UnsupportedSchemaError
 from strictcall.grammars.json_numbers import integer_range, number_range, schema_bounds
 from strictcall.grammars.json_strings import STRING_UNIT, grouped, json_escaped, key_not_in, limit_length, parsed_format
 from strictcall.grammars.regex import Alternation, Node, escape, parse_search_pattern
 from strictcall.grammars.regex_builders import alt, opt, repeat, seq
+from strictcall.grammars.schema_check import check_schema
 from strictcall.grammars.schema_merge import ANNOTATIONS, JSON_TYPES, excludes, merge_two, normalized, schema_types
 
 _FIX = "; with strict off, the rest of the schema is enforced and this keyword is reported; or remove it"
@@ -66,7 +70,7 @@ class SchemaOptions:
     Attributes:
         max_integer_digits: digits of an unbounded integer, and of a number's integer part (16: 2**53).
         max_fraction_digits: digits after a number's decimal point (20: any double in fixed notation).
-        max_exponent_digits: digits of a number's exponent (3: up to 1e308).
+        max_exponent_digits: digits of a number's exponent (3; positive exponents stop at 307).
         max_recursion_depth: how many times one `$ref` may be expanded within itself.
         max_any_depth: nesting depth of arrays and objects in an untyped (`{}`/`true`) value.
         max_regex_chars: size limit of the produced regex; the automaton is built from it and grows with it.
@@ -117,13 +121,15 @@ def json_schema_to_regex(schema: dict[str, Any] | bool, *, strict: bool = True,
         UnsupportedSchemaError: a keyword cannot be enforced (with `strict`), a `$ref` cannot be resolved, the
             schema accepts no value within the bounds, or the regex would exceed `options.max_regex_chars`.
     """
+    check_schema(schema)
     compiler = _Compiler(schema, strict, options)
     regex = compiler.compile(schema, "")
     if regex is None:
         raise UnsupportedSchemaError("", "$ref" if compiler.recursion_cut else "false",
                                      "leaves no value to generate: the schema accepts no instance"
-                                     + (f" within max_recursion_depth={options.max_recursion_depth}"
-                                        if compiler.recursion_cut else ""))
+                                     + (f" within max_recursion_depth={options.max_recursion_depth}" if compiler.recursion_cut else
+                                        " (a contradiction such as minLength above maxLength, minimum above maximum, an empty enum, "
+                                        "or a required property whose schema is false)"))
     return SchemaRegex(regex, tuple(compiler.unenforced))
 
 
@@ -167,6 +173,7 @@ class _Compiler:
         return regex
 
     def compile(self, schema: Any, pointer: str) -> str | None:
+        check_cancelled()
         if schema is True:
             return self.any_value(self.options.max_any_depth)
         if schema is False:
@@ -367,7 +374,7 @@ class _Compiler:
             else:
                 content = parsed
         if content is None:
-            return '"' + repeat(STRING_UNIT, min_length, max_length) + '"'  # type: ignore[operator]
+            return seq('"', repeat(STRING_UNIT, min_length, max_length), '"')  # None if minLength > maxLength
         if min_length or max_length is not None:
             limited = limit_length(content, min_length, max_length)
             if limited is None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import cast
 
+from strictcall.grammars.cancel import check_cancelled
 from strictcall.grammars.errors import RegexSyntaxError
 
 MAX_CODE_POINT = 0x10FFFF
@@ -178,6 +179,8 @@ class _Parser:
         items: list[Node | _Anchor] = []
         can_repeat = is_repeat = False
         while self.pos < end:
+            if not self.pos & 4095:
+                check_cancelled()
             start = self.pos
             char = pattern[start]
             self.pos += 1

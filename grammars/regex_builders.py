@@ -29,7 +29,9 @@ def opt(regex: str | None) -> str:
 
 
 def repeat(regex: str | None, low: int, high: int | None) -> str | None:
-    """`low` to `high` (None: unbounded) repetitions of the regex."""
+    """`low` to `high` (None: unbounded) repetitions of the regex; None (nothing) when `low > high`."""
+    if high is not None and low > high:
+        return None
     if regex is None or high == 0:
         return "" if low == 0 else None
     if (low, high) == (1, 1):

@@ -114,14 +114,22 @@ class ToolGrammarCompiler:
                 cannot be enforced (`part` and `index` say which input; `cause` holds the schema's error).
         """
         choice = _choice(tool_choice, bool(tools))
-        key = json.dumps([[(t.name, t.parameters, t.strict) for t in tools], [choice.mode, choice.name], parallel_tool_calls,
-                          None if answer is None else [answer.schema, answer.strict]], ensure_ascii=False)
+        key = turn_key(tools, choice, parallel_tool_calls, answer)
         turn = self._turns.get(key)
         if turn is None:
             with paused_gc():
                 turn = self._build(list(tools), choice, parallel_tool_calls, answer)
             self._turns.put(key, turn)
         return turn
+
+    def cached_turn(self, tools: Sequence[ToolSpec] = (), tool_choice: ToolChoice | str | None = None, parallel_tool_calls: bool = True,
+                    answer: AnswerSpec | None = None) -> TurnGrammar | None:
+        """The turn if it is compiled already (a lookup: callers skip the compile queue), else None."""
+        try:
+            choice = _choice(tool_choice, bool(tools))
+        except TurnError:
+            return None
+        return self._turns.get(turn_key(tools, choice, parallel_tool_calls, answer))
 
     def _build(self, tools: list[ToolSpec], choice: ToolChoice, parallel: bool, answer_spec: AnswerSpec | None) -> TurnGrammar:
         indexes: dict[str, int] = {}
@@ -165,6 +173,12 @@ class ToolGrammarCompiler:
             return self.compiler.compile_json_schema(answer.schema, strict=answer.strict)
         except GrammarError as error:
             raise TurnError(f"answer schema: {error}", "answer", cause=error) from error
+
+
+def turn_key(tools: Sequence[ToolSpec], choice: ToolChoice, parallel: bool, answer: AnswerSpec | None) -> str:
+    """What identifies a turn: equal keys, equal grammars."""
+    return json.dumps([[(t.name, t.parameters, t.strict) for t in tools], [choice.mode, choice.name], parallel,
+                       None if answer is None else [answer.schema, answer.strict]], ensure_ascii=False)
 
 
 def _choice(value: ToolChoice | str | None, has_tools: bool) -> ToolChoice:

@@ -30,7 +30,7 @@ from strictcall.server.errors import APIError, api_error, bad_request
 from strictcall.server.generation import Generation
 from strictcall.server.metrics import ServerMetrics
 from strictcall.server.planning import Plan, plan_chat, plan_completion
-from strictcall.server.protocol import ChatCompletionRequest, CompletionRequest, GenerationFields, parse_request, random_id
+from strictcall.server.protocol import ChatCompletionRequest, CompletionRequest, GenerationFields, parse_body, parse_request, random_id
 from strictcall.server.responses import Meta, chat_response, completion_response
 from strictcall.server.serving import ServingState, load_serving_state
 from strictcall.server.streaming import chat_stream, completion_stream
@@ -93,7 +93,7 @@ def create_app(config: ServerConfig | None = None, loader: Callable[[ServerConfi
         yield
         stats_task.cancel()
         if server.state.serving is not None:
-            server.state.serving.engine.shutdown()
+            server.state.serving.shutdown()
 
     app = FastAPI(title="strictcall", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.config, app.state.metrics, app.state.app_state = server.config, server.metrics, server.state
@@ -266,6 +266,7 @@ async def _until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
 
 
 async def _read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The body, at most `max_bytes`, as a checked JSON object (`protocol.parse_body`)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise APIError(413, f"the request body has {length} bytes; this server takes at most {max_bytes} (--max-body-bytes)", code="request_too_large")
@@ -276,14 +277,7 @@ async def _read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         if size > max_bytes:
             raise APIError(413, f"the request body is larger than {max_bytes} bytes (--max-body-bytes)", code="request_too_large")
         chunks.append(chunk)
-    try:
-        body = json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise bad_request(f"We could not parse the JSON body of your request: {error}. Send a JSON object with Content-Type: application/json.",
-                          code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request(f"the request body must be a JSON object, got a JSON {type(body).__name__}", code="invalid_json")
-    return body
+    return parse_body(b"".join(chunks))
 
 
 class _MetricsMiddleware:

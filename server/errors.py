@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from strictcall.grammars import AutomatonLimitError, GrammarError, RegexSyntaxError, TurnError, UnsupportedSchemaError
+from strictcall.grammars import AutomatonLimitError, GrammarError, InvalidSchemaError, RegexSyntaxError, TurnError, UnsupportedSchemaError
 from strictcall.server.engine import EngineOverloadedError, EngineRequestError
 from strictcall.server.prompt import PromptError
 
@@ -37,6 +37,7 @@ def bad_request(message: str, param: str | None = None, code: str | None = "inva
 
 # Error type -> (status, code). Looked up along the type's MRO, so a subclass takes its closest entry.
 _TABLE: dict[type[Exception], tuple[int, str]] = {
+    InvalidSchemaError: (400, "invalid_value"),
     UnsupportedSchemaError: (400, "unsupported_schema"),
     RegexSyntaxError: (400, "unsupported_schema"),
     AutomatonLimitError: (400, "grammar_too_large"),

@@ -8,15 +8,30 @@ derived once, here, into the grammars' typed specs; and every error names the re
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from strictcall.grammars import CompiledGrammar, Grammar, TurnError, TurnGrammar, Unenforced, escape
+from strictcall.grammars import (
+    AnswerSpec,
+    CompileCancelledError,
+    CompiledGrammar,
+    Grammar,
+    GrammarError,
+    InvalidSchemaError,
+    ToolChoice,
+    ToolSpec,
+    TurnError,
+    TurnGrammar,
+    Unenforced,
+    check_schema,
+    escape,
+    turn_key,
+)
 from strictcall.kernels import SamplingParams
+from strictcall.server.compile_pool import CompileTimeoutError
 from strictcall.server.config import DEFAULT_MAX_TOKENS, ServerConfig
 from strictcall.server.errors import APIError, api_error, bad_request
 from strictcall.server.metrics import ServerMetrics
@@ -71,12 +86,12 @@ async def plan_chat(serving: ServingState, config: ServerConfig, metrics: Server
     if len(tools) > config.max_tools:
         raise bad_request(f"{len(tools)} tools were given; this server takes at most {config.max_tools} (--max-tools)", "tools", "too_many_tools")
     for i, tool in enumerate(tools):
-        _check_schema_size(tool.parameters, f"tools[{i}].function.parameters", config)
+        _check_schema(tool.parameters, f"tools[{i}].function.parameters", config)
     names = [tool.name for tool in tools]
     choice = tool_choice(req.tool_choice, names)
     answer = answer_spec(req.response_format)
     if answer is not None:
-        _check_schema_size(answer.schema, "response_format.json_schema.schema", config)
+        _check_schema(answer.schema, "response_format.json_schema.schema", config)
     guided = guided_spec(req)
     if guided and tools and choice.mode != "none":
         raise bad_request(f"{guided.param} constrains the whole answer, so it cannot be combined with tool calls; set tool_choice to 'none' "
@@ -102,7 +117,7 @@ async def plan_chat(serving: ServingState, config: ServerConfig, metrics: Server
         grammar = await _guided_grammar(serving, config, metrics, guided)
     elif options.constrained and (tools or answer):
         parallel = True if req.parallel_tool_calls is None else req.parallel_tool_calls
-        turn = await _compile_turn(metrics, config, lambda: serving.grammars.tool_compiler.compile_turn(tools, choice, parallel, answer), tools)
+        turn = await _compile_turn(serving, metrics, config, tools, choice, parallel, answer)
         grammar = None if turn.is_unconstrained else turn
         unenforced = _unenforced_params(turn.unenforced)
     parse_tools = bool(tools) and choice.mode != "none" and guided is None
@@ -157,8 +172,8 @@ async def plan_completion(serving: ServingState, config: ServerConfig, metrics: 
     if options.constrained and guided:
         grammar = await _guided_grammar(serving, config, metrics, guided)
     elif options.constrained and answer is not None:
-        _check_schema_size(answer.schema, "response_format.json_schema.schema", config)
-        turn = await _compile_turn(metrics, config, lambda: serving.grammars.tool_compiler.compile_turn(answer=answer), [])
+        _check_schema(answer.schema, "response_format.json_schema.schema", config)
+        turn = await _compile_turn(serving, metrics, config, [], ToolChoice("none"), True, answer)
         grammar, unenforced = turn, _unenforced_params(turn.unenforced)
     top = req.logprobs or 0
     requests: list[EngineRequest] = []
@@ -201,9 +216,14 @@ def _check_chat_fields(req: ChatCompletionRequest) -> None:
         raise bad_request("web search is not available on this server", "web_search_options", "unsupported_parameter")
     if req.top_logprobs and not req.logprobs:
         raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+    call_ids: set[str] = set()
     for i, message in enumerate(req.messages):
+        call_ids |= {call.id for call in message.tool_calls or [] if call.id}
         if message.role == "tool" and not message.tool_call_id:
             raise bad_request(f"messages[{i}]: a tool message needs tool_call_id", f"messages[{i}].tool_call_id", "missing_required_parameter")
+        if message.role == "tool" and message.tool_call_id not in call_ids:
+            raise bad_request(f"messages[{i}]: tool_call_id {message.tool_call_id!r} answers no tool call of an earlier assistant message",
+                              f"messages[{i}].tool_call_id")
         if message.role in ("system", "developer", "user") and message.content is None:
             raise bad_request(f"messages[{i}]: a {message.role} message needs content", f"messages[{i}].content", "missing_required_parameter")
         if message.role == "assistant" and message.content is None and not message.tool_calls:
@@ -211,11 +231,16 @@ def _check_chat_fields(req: ChatCompletionRequest) -> None:
                               "missing_required_parameter")
 
 
-def _check_schema_size(schema: Any, param: str, config: ServerConfig) -> None:
+def _check_schema(schema: Any, param: str, config: ServerConfig) -> None:
+    """Within --max-schema-bytes, and a JSON Schema at all (before the tool prompt or a grammar reads it)."""
     size = len(json.dumps(schema, ensure_ascii=False))
     if size > config.max_schema_bytes:
         raise bad_request(f"{param}: the schema has {size} bytes; this server compiles at most {config.max_schema_bytes} (--max-schema-bytes)",
                           param, "schema_too_large")
+    try:
+        check_schema(schema)
+    except InvalidSchemaError as error:
+        raise bad_request(f"{param}: {error}", param) from None
 
 
 def _prompts(req: CompletionRequest) -> list[str | list[int]]:
@@ -299,23 +324,29 @@ def _max_tokens(requested: int | None, prompt_length: int, max_model_len: int, p
 # ----- grammars -----
 
 
-async def _compile(metrics: ServerMetrics, config: ServerConfig, build: Callable[[], T], param: str) -> T:
-    """`build` on a worker thread, within the compile timeout; a grammar error becomes a 400 naming `param`."""
+async def _compile(serving: ServingState, metrics: ServerMetrics, config: ServerConfig, cached: T | None, key: Hashable,
+                   build: Callable[[], T], param: str) -> T:
+    """The grammar: `cached` if compiled already, else `build` on the compile pool within the compile timeout."""
+    if cached is not None:
+        return cached
     started = time.perf_counter()
     try:
-        return await asyncio.wait_for(asyncio.to_thread(build), timeout=config.compile_timeout_s)
-    except asyncio.TimeoutError:
+        return await serving.compile_pool.run(key, build, config.compile_timeout_s)
+    except (CompileTimeoutError, CompileCancelledError):
         raise bad_request(
-            f"compiling the grammar for {param} took longer than {config.compile_timeout_s:g} s (--compile-timeout-s); simplify the schema "
-            "(fewer alternatives, smaller bounds) or retry: the compile goes on in the background and is cached",
-            param, "grammar_compile_timeout") from None
+            f"compiling the grammar for {param} took longer than {config.compile_timeout_s:g} s (--compile-timeout-s) and was stopped; "
+            "simplify the schema (fewer alternatives, smaller bounds, fewer $ref expansions)", param, "grammar_compile_timeout") from None
     finally:
         metrics.grammar_compile_time.observe(time.perf_counter() - started)
 
 
-async def _compile_turn(metrics: ServerMetrics, config: ServerConfig, build: Callable[[], TurnGrammar], tools: list[Any]) -> TurnGrammar:
+async def _compile_turn(serving: ServingState, metrics: ServerMetrics, config: ServerConfig, tools: list[ToolSpec], choice: ToolChoice,
+                        parallel: bool, answer: AnswerSpec | None) -> TurnGrammar:
+    compiler = serving.grammars.tool_compiler
     try:
-        return await _compile(metrics, config, build, "tools" if tools else "response_format")
+        cached = compiler.cached_turn(tools, choice, parallel, answer)
+        return await _compile(serving, metrics, config, cached, ("turn", turn_key(tools, choice, parallel, answer)),
+                              lambda: compiler.compile_turn(tools, choice, parallel, answer), "tools" if tools else "response_format")
     except TurnError as error:
         raise _turn_error(error, tools) from None
 
@@ -341,17 +372,17 @@ def _unenforced_params(unenforced: tuple[Unenforced, ...]) -> tuple[tuple[str, s
 async def _guided_grammar(serving: ServingState, config: ServerConfig, metrics: ServerMetrics, spec: GuidedSpec) -> CompiledGrammar:
     compiler = serving.grammars.compiler
     if spec.kind == "json":
-        _check_schema_size(spec.value, spec.param, config)
+        _check_schema(spec.value, spec.param, config)
+        cached, key = compiler.cached_json_schema(spec.value), ("json", json.dumps(spec.value, ensure_ascii=False))
         build: Callable[[], CompiledGrammar] = lambda: compiler.compile_json_schema(spec.value)  # noqa: E731
-    elif spec.kind == "regex":
-        if len(spec.value.encode()) > config.max_schema_bytes:
-            raise bad_request(f"{spec.param} is longer than {config.max_schema_bytes} bytes (--max-schema-bytes)", spec.param, "schema_too_large")
-        build = lambda: compiler.compile_regex(spec.value)  # noqa: E731
     else:
-        regex = "(?:" + "|".join(escape(choice) for choice in spec.value) + ")"
+        if spec.kind == "regex" and len(spec.value.encode()) > config.max_schema_bytes:
+            raise bad_request(f"{spec.param} is longer than {config.max_schema_bytes} bytes (--max-schema-bytes)", spec.param, "schema_too_large")
+        regex = spec.value if spec.kind == "regex" else "(?:" + "|".join(escape(choice) for choice in spec.value) + ")"
+        cached, key = compiler.cached_regex(regex), ("regex", regex)
         build = lambda: compiler.compile_regex(regex)  # noqa: E731
     try:
-        return await _compile(metrics, config, build, spec.param)
-    except Exception as error:
+        return await _compile(serving, metrics, config, cached, key, build, spec.param)
+    except GrammarError as error:
         error_api = api_error(error, spec.param)
         raise APIError(error_api.status, f"{spec.param}: {error_api.message}", param=spec.param, code=error_api.code) from None

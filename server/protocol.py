@@ -8,6 +8,7 @@ Invariant: a request that parses is well-typed field by field; a request that do
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 import string
@@ -29,12 +30,13 @@ def random_id(prefix: str, length: int = 24) -> str:
     return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
 
 
+# strict: types as OpenAI checks them (`"2"` is not an integer, `true` not a number, `"yes"` not a boolean).
 class _Forbid(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Ignore(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class FunctionCallIn(_Ignore):
@@ -116,7 +118,7 @@ class GenerationFields(_Forbid):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # a 64-bit integer, as OpenAI takes it
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
@@ -217,6 +219,70 @@ def validation_error(error: ValidationError) -> APIError:
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return bad_request(f"Invalid value for '{param}': {first.get('msg')} (got {shown}).", param, "invalid_value")
+
+
+# Deeper JSON than this is refused before anything walks it (Python's own parsers recurse).
+MAX_JSON_DEPTH = 64
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object: no NaN or infinite numbers, no lone surrogates, at most MAX_JSON_DEPTH deep.
+
+    Raises:
+        APIError: a 400 (`invalid_json`, or `invalid_value` naming the field).
+    """
+    try:
+        body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        reason = "it is nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise bad_request(f"We could not parse the JSON body of your request: {reason}. Send a JSON object with Content-Type: application/json.",
+                          code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request(f"the request body must be a JSON object, got a JSON {type(body).__name__}", code="invalid_json")
+    _check_values(body)
+    return body
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is too large for a number (a double holds up to 1.8e308)")
+    return value
+
+
+def _check_values(body: dict[str, Any]) -> None:
+    """Depth and strings, walked without recursion: the first bad value is a 400 naming its field."""
+    pending: list[tuple[Any, str, int]] = [(body, "", 0)]
+    while pending:
+        value, path, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise bad_request(f"{path or 'the body'} is nested more than {MAX_JSON_DEPTH} levels deep", path or None)
+        if isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = key if _is_text(key) else ascii(key)[1:-1]  # the error names the key with its escapes
+                _check_text(key, f"{path}.{name}" if path else name)
+                pending.append((item, f"{path}.{name}" if path else name, depth + 1))
+        elif isinstance(value, list):
+            pending += [(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+
+
+def _is_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(text: str, path: str) -> None:
+    if not _is_text(text):
+        raise bad_request(f"{path} holds a lone UTF-16 surrogate (e.g. \\ud800 without its pair): it is not valid Unicode text", path or None)
 
 
 def parse_request(model: type[BaseModel], body: dict[str, Any]) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 from strictcall.grammars import DiskCache, GrammarCompiler, ToolCallFormat, ToolGrammarCompiler, Vocabulary, detect_format, get_format
 from strictcall.kernels import SamplingParams
 from strictcall.kernels.bitmask_cpu import set_cache_dir
+from strictcall.server.compile_pool import CompilePool
 from strictcall.server.config import ServerConfig, cache_dir
 from strictcall.server.engine import Engine, EngineConfig
 from strictcall.server.model_loader import (
@@ -65,6 +66,11 @@ class ServingState:
     profile: ModelProfile = GENERIC
     # Sampling (and `max_tokens`) for requests that leave them unset: the model's generation_config, else its profile.
     sampling_defaults: dict[str, float] = field(default_factory=dict)
+    compile_pool: CompilePool = field(default_factory=CompilePool)
+
+    def shutdown(self) -> None:
+        self.compile_pool.shutdown()
+        self.engine.shutdown()
 
     @property
     def vocabulary(self) -> Vocabulary:

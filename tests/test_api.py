@@ -11,11 +11,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
+from typing import Any
 
 import httpx
 import jsonschema
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from strictcall.grammars import ToolSpec
 from strictcall.server.api import create_app
 from strictcall.server.config import ServerConfig
 from strictcall.server.serving import ServingState
@@ -388,3 +393,138 @@ def test_each_finished_request_is_one_log_line(serving, caplog) -> None:
     assert lines[0].startswith(f"{body['id']}: prompt {usage['prompt_tokens']} tokens")
     assert f"completion {usage['completion_tokens']} tokens" in lines[0] and "time to first token" in lines[0]
     assert f"tool calls {len(body['choices'][0]['message'].get('tool_calls') or [])}, finish {finish}" in lines[0]
+
+
+# ----- bad input is a 4xx naming the field, never a 500 (the reliability issue's probe, as rows) -----
+
+DEEP_SCHEMA: dict = {"type": "object"}
+for _ in range(130):
+    DEEP_SCHEMA = {"type": "object", "properties": {"a": DEEP_SCHEMA}}
+
+
+def _tool(parameters: Any, name: str = "f") -> list[dict]:
+    return [{"type": "function", "function": {"name": name, "parameters": parameters}}]
+
+
+# name, raw body (bytes) or JSON body, param expected in the error (None: the body itself)
+BAD_INPUTS = [
+    ("properties as a list", {"tools": _tool({"type": "object", "properties": ["a"]})}, "tools[0].function.parameters"),
+    ("required as a number", {"tools": _tool({"type": "object", "required": 5})}, "tools[0].function.parameters"),
+    ("type as a number", {"tools": _tool({"type": 5})}, "tools[0].function.parameters"),
+    ("pattern as a number", {"tools": _tool({"type": "string", "pattern": 5})}, "tools[0].function.parameters"),
+    ("minimum as a string", {"tools": _tool({"type": "number", "minimum": "a"})}, "tools[0].function.parameters"),
+    ("a schema 130 levels deep", {"tools": _tool(DEEP_SCHEMA)}, None),
+    ("minLength above maxLength", {"tools": _tool({"type": "object", "properties": {"s": {"type": "string", "minLength": 5, "maxLength": 2}},
+                                                   "required": ["s"]}), "tool_choice": "required"}, "tools[0].function.parameters"),
+    ("a tool name with a newline", {"tools": _tool({"type": "object"}, name="get_weather\n")}, "tools[0].function.name"),
+    ("temperature true", {"temperature": True}, "temperature"),
+    ("n as a string", {"n": "2"}, "n"),
+    ("stream as a string", {"stream": "yes"}, "stream"),
+    ("strict as a string", {"tools": [{"type": "function", "function": {"name": "f", "strict": "yes"}}]}, "tools[0].function.strict"),
+    ("seed beyond 64 bits", {"seed": 2**64}, "seed"),
+    ("model as a number", {"model": 123}, "model"),
+    ("a tool result that answers no call", {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "nope",
+                                                                                               "content": "x"}]}, "messages[1].tool_call_id"),
+    ("a lone surrogate in content", b'{"model": "tiny", "messages": [{"role": "user", "content": "a\\ud800b"}]}', "messages[0].content"),
+    ("a lone surrogate in a tool name", b'{"model": "tiny", "messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", '
+                                        b'"function": {"name": "f\\udc00"}}]}', "tools[0].function.name"),
+    ("a lone surrogate in a property name", b'{"model": "tiny", "messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", '
+                                            b'"function": {"name": "f", "parameters": {"type": "object", "properties": {"\\ud800": {}}}}}]}',
+     "tools[0].function.parameters.properties.\\ud800"),
+    ("a lone surrogate in model", b'{"model": "\\ud800", "messages": [{"role": "user", "content": "a"}]}', "model"),
+    ("JSON 1000 levels deep", b'{"model": "tiny", "messages": [{"role": "user", "content": "a"}], "metadata": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+     None),
+    ("an integer of 5000 digits", b'{"model": "tiny", "messages": [{"role": "user", "content": "a"}], "seed": ' + b"9" * 5000 + b"}", None),
+    ("maximum 1e999", b'{"model": "tiny", "messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": '
+                      b'{"name": "f", "parameters": {"type": "number", "maximum": 1e999}}}]}', None),
+    ("a const NaN", b'{"model": "tiny", "messages": [{"role": "user", "content": "a"}], "guided_json": {"const": NaN}}', None),
+]
+
+
+@pytest.mark.parametrize("name,body,param", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_a_400_naming_the_field(app, name, body, param) -> None:
+    if isinstance(body, bytes):
+        response = call(app, "POST", "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    else:
+        response = call(app, "POST", "/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 4, **body})
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    if param is not None:
+        assert error["param"] == param, error
+    assert "internal" not in error["message"]
+    assert chat(app).status_code == 200  # and the server goes on
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=12)
+_SCHEMA_KEYS = ["type", "properties", "required", "items", "enum", "const", "minimum", "maximum", "minLength", "maxLength", "pattern",
+                "format", "anyOf", "oneOf", "allOf", "$ref", "additionalProperties", "minItems", "maxItems", "not", "$defs"]
+_FIELDS = ["model", "messages", "temperature", "top_p", "n", "stop", "seed", "max_tokens", "logit_bias", "stream", "response_format",
+           "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs", "guided_json", "guided_regex", "guided_choice", "min_tokens",
+           "strictcall", "stream_options", "presence_penalty"]
+
+
+@st.composite
+def _malformed_request(draw) -> dict:
+    body: dict = {"model": MODEL, "messages": USER, "max_tokens": 2}
+    for name in draw(st.lists(st.sampled_from(_FIELDS), max_size=3, unique=True)):
+        body[name] = draw(_JSON)
+    if draw(st.booleans()):
+        schema = draw(st.dictionaries(st.sampled_from(_SCHEMA_KEYS), _JSON, max_size=4))
+        body["tools"] = [{"type": "function", "function": {"name": draw(st.text(max_size=8)) or "f", "parameters": schema,
+                                                           "strict": draw(st.booleans())}}]
+    return body
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=_malformed_request())
+def test_malformed_requests_get_a_4xx_in_openai_shape(app, body) -> None:
+    response = call(app, "POST", "/v1/chat/completions", json=body)
+    assert response.status_code in (200, 400, 404, 413, 429), (response.status_code, response.text, body)
+    if response.status_code != 200:
+        error_of(response)
+
+
+def test_the_server_is_healthy_after_the_malformed_requests(app) -> None:
+    assert call(app, "GET", "/health").json() == {"status": "ok"} and chat(app).status_code == 200
+
+
+def _ref_bomb(levels: int = 12) -> dict:
+    """1.6 KB of schema, a 737k-character regex: each level references the one below twice."""
+    defs: dict = {"d0": {"type": "string", "maxLength": 3}}
+    for i in range(1, levels + 1):
+        ref = {"$ref": f"#/$defs/d{i - 1}"}
+        defs[f"d{i}"] = {"type": "object", "properties": {"a": ref, "b": ref}, "required": ["a", "b"]}
+    return {"$defs": defs, "$ref": f"#/$defs/d{levels}"}
+
+
+def test_a_compile_bomb_times_out_alone_and_leaves_nothing_behind(serving, monkeypatch) -> None:
+    app = make_app(serving, compile_timeout_s=0.5)
+    bomb = {"model": MODEL, "messages": USER, "max_tokens": 4, "tools": _tool(_ref_bomb(), name="bomb")}
+    cached = {"model": MODEL, "messages": USER, "max_tokens": 4, "tools": TOOLS, "tool_choice": "required"}
+    assert call(app, "POST", "/v1/chat/completions", json=cached).status_code == 200  # now compiled
+    pool, queued = serving.compile_pool, []
+    run = pool.run
+
+    async def recording_run(key, build, timeout_s):
+        queued.append(key[0])
+        return await run(key, build, timeout_s)
+
+    monkeypatch.setattr(pool, "run", recording_run)
+
+    async def go() -> list[tuple[str, int]]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=120) as client:
+            async def send(name: str, body: dict) -> tuple[str, int]:
+                return name, (await client.post("/v1/chat/completions", json=body)).status_code
+            plain = {**cached, "tools": None, "tool_choice": None}
+            return await asyncio.gather(*[send("bomb", bomb) for _ in range(4)], send("cached", cached), send("plain", plain))
+
+    results = asyncio.run(go())
+    assert [status for name, status in results if name == "bomb"] == [400] * 4
+    assert all(status == 200 for name, status in results if name != "bomb")
+    assert queued == ["turn"] * 4  # only the bombs went to the compile pool: the cached turn and the plain chat never queue
+    deadline = time.monotonic() + 10
+    while pool._jobs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pool._jobs  # the four shared one job, and it was stopped, not left running
+    assert serving.grammars.tool_compiler.cached_turn([ToolSpec("bomb", _ref_bomb())], "auto") is None

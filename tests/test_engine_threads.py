@@ -106,7 +106,7 @@ def test_idle_openmp_workers_do_not_spin_in_the_server() -> None:
 
 def test_the_loading_thread_ends_once_the_model_is_loaded() -> None:
     """No thread is parked until shutdown any more (it was a workaround for the spinning above)."""
-    serving = types.SimpleNamespace(engine=types.SimpleNamespace(shutdown=lambda: None))
+    serving = types.SimpleNamespace(shutdown=lambda: None)
     app = create_app(ServerConfig(served_model_names=("tiny",)), loader=lambda config: serving)
 
     async def run() -> None:
