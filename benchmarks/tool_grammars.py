@@ -8,8 +8,8 @@ Whitespace: compact for every engine (one space after `:` and `,`) except where 
 
 Measured, each as the median over the samples (time to the first mask: compile + matcher + first
 `fill_next_token_bitmask`):
-- cold: a fresh `GrammarCompiler` + `ToolGrammarCompiler` per sample and the module-level regex cache of
-  `grammars.tools` cleared (every tool new); also per new tool (cold / N). Peers: a compiler with its cache
+- cold: a fresh `GrammarCompiler` + `ToolGrammarCompiler` per sample (every cache empty, every tool new); also per
+  new tool (cold / N). Peers: a compiler with its cache
   disabled (xgrammar), a new matcher (llguidance has no grammar cache).
 - warm, new combination: every tool already compiled once in the same compilers, then a turn never seen
   (the tools in a new order; for one tool, `parallel_tool_calls=False`). xgrammar's cache is keyed by the
@@ -126,14 +126,12 @@ class Ours(Variant):
     is_ours = True
 
     def __init__(self, engines: Engines):
-        from strictcall.grammars import tools as tools_module
         from strictcall.grammars.compiler import GrammarCompiler
         from strictcall.grammars.formats import HERMES
         from strictcall.grammars.tools import ToolGrammarCompiler
         from strictcall.grammars.turn import TurnMatcher
         from strictcall.server.protocol import ToolsFile, tool_specs
 
-        self.tools_module = tools_module
         self.specs = lambda tools: tool_specs(ToolsFile.model_validate({"tools": tools}).tools)
         self.vocabulary = engines.vocabulary
         self.make = lambda: ToolGrammarCompiler(GrammarCompiler(self.vocabulary), HERMES)
@@ -143,8 +141,7 @@ class Ours(Variant):
         self.compiler = self.make()
 
     def reset_cold(self) -> None:
-        self.tools_module._arguments_regex.cache_clear()  # module-level: would make a "cold" compile warm
-        self.compiler = self.make()
+        self.compiler = self.make()  # a fresh compiler: every cache (schemas, grammars, turns) empty
 
     def build(self, tools: list[dict[str, Any]], mode: str, parallel: bool = True) -> Any:
         turn = self.compiler.compile_turn(self.specs(tools), mode, parallel_tool_calls=parallel)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from strictcall.grammars.automaton import DEAD, DEFAULT_MAX_DFA_STATES, DEFAULT_MAX_NFA_STATES, LazyDfa, Nfa, paused_gc
-from strictcall.grammars.cache import LruCache
+from strictcall.grammars.cache import ByteBudget, LruCache, Tracker
 from strictcall.grammars.disk_cache import DiskCache
 from strictcall.grammars.errors import GrammarError
 from strictcall.grammars.json_schema import SchemaOptions, json_schema_to_regex
@@ -35,14 +35,18 @@ class CompilerLimits:
         max_dfa_states: DFA states per grammar; each costs a 1 KB transition row and, once visited, a
             token mask of ceil(V/32) * 4 bytes (6 KB for a 49,152-token vocabulary).
         max_cached_grammars: compiled grammars kept (least recently used dropped first).
+        max_cache_bytes: the memory all cached grammars and turns of a compiler may hold, masks computed during
+            generation included (`--grammar-cache-mb`); past it the least recently used are dropped. One grammar
+            measured up to ~245 MB (50,000 DFA states, their masks), so this is also the most one schema can hold.
     """
 
     max_nfa_states: int = DEFAULT_MAX_NFA_STATES
     max_dfa_states: int = DEFAULT_MAX_DFA_STATES
     max_cached_grammars: int = 1024
+    max_cache_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
-        for name in ("max_nfa_states", "max_dfa_states", "max_cached_grammars"):
+        for name in ("max_nfa_states", "max_dfa_states", "max_cached_grammars", "max_cache_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CompilerLimits.{name} must be at least 1, got {getattr(self, name)}")
 
@@ -56,14 +60,33 @@ class CompiledGrammar:
         unenforced: (JSON pointer, keyword) pairs of a schema compiled with strict=False that are not enforced.
     """
 
-    def __init__(self, regex: str, vocabulary: Vocabulary, limits: CompilerLimits, unenforced: tuple[tuple[str, str], ...] = ()):
+    def __init__(self, regex: str, vocabulary: Vocabulary, limits: CompilerLimits, unenforced: tuple[tuple[str, str], ...] = (),
+                 budget: ByteBudget | None = None):
         self.regex = regex
         self.vocabulary = vocabulary
         self.unenforced = unenforced
         self.dfa = LazyDfa(Nfa(parse_regex(regex), limits.max_nfa_states), limits.max_dfa_states)
         self._masks: dict[int, np.ndarray] = {}
         self._exits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._extra_bytes = 0  # masks and exits
         self._lock = threading.Lock()
+        self._tracker: Tracker | None = None
+        self.attach(budget)
+
+    def attach(self, budget: ByteBudget | None) -> None:
+        """Count this grammar's bytes in `budget` from now on (the compiler's; re-attached after a disk load)."""
+        self._tracker = None if budget is None else budget.track(self)
+        self._account()
+
+    @property
+    def num_bytes(self) -> int:
+        """An estimate of the memory the grammar holds: NFA (~120 B a state), DFA rows (1 KB each, plus ~0.5 KB for
+        the state's NFA set), masks (ceil(V/32) * 4 B each) and exits."""
+        return len(self.dfa.nfa.epsilons) * 120 + len(self.dfa.table) * 1040 + self.dfa.num_states * 512 + self._extra_bytes
+
+    def _account(self) -> None:
+        if self._tracker is not None:
+            self._tracker.set(self.num_bytes)
 
     @property
     def start_state(self) -> int:
@@ -73,14 +96,15 @@ class CompiledGrammar:
         return GrammarMatcher(self)
 
     def __getstate__(self) -> dict:
-        # The vocabulary is the compiler's, re-attached on load; the lock is not picklable.
+        # The vocabulary and the budget are the compiler's, re-attached on load; the lock is not picklable.
         state = self.__dict__.copy()
-        del state["vocabulary"], state["_lock"]
+        del state["vocabulary"], state["_lock"], state["_tracker"]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._tracker = None
 
     def warm_up(self, max_states: int) -> int:
         """Compute the masks of up to `max_states` states reachable from the start (for the disk cache).
@@ -113,6 +137,8 @@ class CompiledGrammar:
                         mask |= self.vocabulary.eos_bitmask
                     mask.setflags(write=False)
                     self._masks[state] = mask
+                    self._extra_bytes += mask.nbytes
+                    self._account()
         return mask
 
     def tokens_through_accepting(self, state: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +151,8 @@ class CompiledGrammar:
                     with paused_gc():
                         exits = tokens_through_accepting(self.dfa, state, self.vocabulary.content_tokens)
                     self._exits[state] = exits
+                    self._extra_bytes += exits[0].nbytes + exits[1].nbytes
+                    self._account()
         return exits
 
     def next_state(self, state: int, token_id: int) -> int:
@@ -160,7 +188,10 @@ class GrammarCompiler:
         self.vocabulary = vocabulary
         self.limits = limits or CompilerLimits()
         self.disk_cache = disk_cache
+        # Every grammar this compiler makes (and every turn built over them) counts its bytes here.
+        self.budget = ByteBudget(self.limits.max_cache_bytes)
         self._cache: LruCache[CompiledGrammar | GrammarError] = LruCache(self.limits.max_cached_grammars)
+        self.budget.register(self._cache)
         self.num_disk_hits = 0
 
     def compile_json_schema(self, schema: dict[str, Any] | bool, *, strict: bool = True, options: SchemaOptions | None = None) -> CompiledGrammar:
@@ -175,7 +206,7 @@ class GrammarCompiler:
 
         def build() -> CompiledGrammar:
             result = json_schema_to_regex(schema, strict=strict, options=options)
-            grammar = self._from_disk(result.regex) or CompiledGrammar(result.regex, self.vocabulary, self.limits)
+            grammar = self._from_disk(result.regex) or CompiledGrammar(result.regex, self.vocabulary, self.limits, budget=self.budget)
             grammar.unenforced = result.unenforced
             return grammar
 
@@ -188,7 +219,8 @@ class GrammarCompiler:
             RegexSyntaxError: the regex uses syntax we do not support.
             AutomatonLimitError: the regex needs more automaton states than the limits allow.
         """
-        return self._cached(("regex", regex), lambda: self._from_disk(regex) or CompiledGrammar(regex, self.vocabulary, self.limits))
+        return self._cached(("regex", regex),
+                            lambda: self._from_disk(regex) or CompiledGrammar(regex, self.vocabulary, self.limits, budget=self.budget))
 
     def cached_json_schema(self, schema: dict[str, Any] | bool, *, strict: bool = True, options: SchemaOptions | None = None) -> CompiledGrammar | None:
         """The grammar if it is compiled already (a lookup: callers skip the compile queue), else None."""
@@ -205,6 +237,7 @@ class GrammarCompiler:
         grammar = self.disk_cache.load(regex, self.vocabulary, self.limits)
         if grammar is not None:
             self.num_disk_hits += 1
+            grammar.attach(self.budget)
         return grammar
 
     @property

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Literal
 
 from strictcall.grammars.automaton import paused_gc
@@ -85,7 +84,10 @@ class ToolGrammarCompiler:
         self.compiler = compiler
         self.format = format
         self._turns: LruCache[TurnGrammar] = LruCache(max_cached_turns)
-        self._calls: LruCache[tuple[CompiledGrammar, tuple[tuple[str, str], ...]]] = LruCache(compiler.limits.max_cached_grammars)
+        compiler.budget.register(self._turns, first=True)  # turns hold the most masks: dropped before grammars
+        # Each tool's arguments regex (or why its schema cannot be compiled), by schema text; the regexes can be
+        # long (up to SchemaOptions.max_regex_chars), so the cache is bounded in bytes too.
+        self._arguments: LruCache[SchemaRegex | GrammarError] = LruCache(compiler.limits.max_cached_grammars, max_bytes=64 << 20)
         self._shared = FormatGrammars(
             format=format,
             prefix=self._literal(format.prefix),
@@ -153,20 +155,24 @@ class ToolGrammarCompiler:
             unenforced += [("answer", None, pointer, keyword) for pointer, keyword in answer.unenforced]
         max_calls = 1 if choice.mode == "named" or not parallel else None
         allow_text = choice.mode in ("none", "auto") and answer is None
-        return TurnGrammar(self._shared, self.compiler.vocabulary, calls, max_calls, allow_text, answer, tuple(unenforced))
+        return TurnGrammar(self._shared, self.compiler.vocabulary, calls, max_calls, allow_text, answer, tuple(unenforced), self.compiler.budget)
 
     def _call_grammar(self, index: int, tool: ToolSpec) -> tuple[CompiledGrammar, tuple[tuple[str, str], ...]]:
         """The call's grammar and the (pointer, keyword) pairs of its schema it does not enforce (non-strict)."""
-        key = (tool.name, json.dumps(tool.parameters, ensure_ascii=False), tool.strict)
-        entry = self._calls.get(key)
-        if entry is None:
+        key = (json.dumps(tool.parameters, ensure_ascii=False), tool.strict)
+        arguments = self._arguments.get(key)
+        if arguments is None:
             try:
-                arguments = _arguments_regex(key[1], tool.strict)
-                entry = (self.compiler.compile_regex(self.format.call_regex(tool.name, arguments.regex)), arguments.unenforced)
-            except GrammarError as error:
-                raise TurnError(f"tool {tool.name!r}, parameters {error}", "tools", index, error) from error
-            self._calls.put(key, entry)
-        return entry
+                arguments = json_schema_to_regex(tool.parameters, strict=tool.strict)
+            except GrammarError as error:  # cached like a result: the same schema fails the same way
+                arguments = error
+            self._arguments.put(key, arguments, len(arguments.regex) if isinstance(arguments, SchemaRegex) else 0)
+        try:
+            if isinstance(arguments, GrammarError):
+                raise arguments
+            return self.compiler.compile_regex(self.format.call_regex(tool.name, arguments.regex)), arguments.unenforced
+        except GrammarError as error:
+            raise TurnError(f"tool {tool.name!r}, parameters {error}", "tools", index, error) from error
 
     def _answer_grammar(self, answer: AnswerSpec) -> CompiledGrammar:
         try:
@@ -190,9 +196,3 @@ def _choice(value: ToolChoice | str | None, has_tools: bool) -> ToolChoice:
     if not isinstance(value, str) or value not in modes:
         raise TurnError(f"tool choice must be 'none', 'auto', 'required' or ToolChoice.named(name), got {value!r}", "tool_choice")
     return modes[value]
-
-
-@lru_cache(maxsize=4096)
-def _arguments_regex(parameters_json: str, strict: bool) -> SchemaRegex:
-    # Keyed by the schema's JSON text (key order kept: it is the order properties are generated in).
-    return json_schema_to_regex(json.loads(parameters_json), strict=strict)

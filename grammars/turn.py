@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from strictcall.grammars.automaton import DEAD, paused_gc
-from strictcall.grammars.cache import LruCache
+from strictcall.grammars.cache import ByteBudget, LruCache
 from strictcall.grammars.compiler import CompiledGrammar
 from strictcall.grammars.formats import ToolCallFormat
 from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask, write_bitmask_row
@@ -129,6 +129,7 @@ class TurnGrammar:
         allow_text: bool,
         answer: CompiledGrammar | None,
         unenforced: tuple[Unenforced, ...] = (),
+        budget: ByteBudget | None = None,
     ):
         self.format = shared.format
         self.vocabulary = vocabulary
@@ -142,6 +143,7 @@ class TurnGrammar:
         self._trailing_separator = not self.format.separator.strip()
         self._masks: LruCache[np.ndarray] = LruCache(_MAX_CACHED_MASKS)
         self._into_call: dict[int, np.ndarray] = {}
+        self._tracker = None if budget is None else budget.track(self)
 
     @property
     def is_unconstrained(self) -> bool:
@@ -279,8 +281,13 @@ class TurnGrammar:
             if self.may_end(configs):
                 mask |= eos
         mask.setflags(write=False)
-        self._masks.put(configs, mask)
+        self._masks.put(configs, mask, mask.nbytes)
+        self._account()
         return mask
+
+    def _account(self) -> None:
+        if self._tracker is not None:
+            self._tracker.set(self._masks.num_bytes + sum(m.nbytes for m in self._into_call.values()))
 
     def follow_ons_possible(self, config: Config) -> bool:
         """Whether anything can follow this segment (so tokens may cross its end)."""
@@ -312,6 +319,7 @@ class TurnGrammar:
             into_call = [i for i in completing.tolist() if self.advance(text, self.vocabulary.token_bytes[i])]
             cached = free | pack_token_bitmask(np.array(into_call, dtype=np.int64), self.vocabulary.num_words)
             self._into_call[state] = cached
+            self._account()
         return cached
 
     def forced_bytes(self, configs: frozenset[Config]) -> bytes:

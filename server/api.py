@@ -156,7 +156,7 @@ class _Server:
     async def generate(self, request: Request, route: _Route) -> Response:
         """Parse, plan (grammars compiled), submit, then stream or answer."""
         arrival = time.perf_counter()
-        req = parse_request(route.request_type, await _read_json(request, self.config.max_body_bytes))
+        req = parse_request(route.request_type, await _read_json(request, self.config.max_body_bytes, self.config.client_timeout_s))
         model_name = self.check_model(req.model)
         serving = self.ready()
         plan = await route.plan(serving, self.config, self.metrics, req)
@@ -184,7 +184,7 @@ class _Server:
 def _add_middlewares(app: FastAPI, config: ServerConfig, metrics: ServerMetrics) -> None:
     """Pure ASGI layers (added last = outermost): request counting around everything, then CORS, then the key."""
     if config.api_key:
-        app.add_middleware(_ApiKeyMiddleware, api_key=config.api_key)
+        app.add_middleware(_ApiKeyMiddleware, api_key=config.api_key, metrics_need_key=config.metrics_need_key)
     if config.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -265,18 +265,26 @@ async def _until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
             task.cancel()
 
 
-async def _read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The body, at most `max_bytes`, as a checked JSON object (`protocol.parse_body`)."""
+async def _read_json(request: Request, max_bytes: int, timeout_s: float) -> dict[str, Any]:
+    """The body, at most `max_bytes` and within `timeout_s`, as a checked JSON object (`protocol.parse_body`)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise APIError(413, f"the request body has {length} bytes; this server takes at most {max_bytes} (--max-body-bytes)", code="request_too_large")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise APIError(413, f"the request body is larger than {max_bytes} bytes (--max-body-bytes)", code="request_too_large")
-        chunks.append(chunk)
+
+    async def read() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise APIError(413, f"the request body is larger than {max_bytes} bytes (--max-body-bytes)", code="request_too_large")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {timeout_s:g} s (--client-timeout-s)", code="request_timeout") from None
     return parse_body(b"".join(chunks))
 
 
@@ -305,14 +313,18 @@ class _MetricsMiddleware:
 
 
 class _ApiKeyMiddleware:
-    """`Authorization: Bearer <key>` on every /v1 route (/health and /metrics stay open, as in vLLM)."""
+    """`Authorization: Bearer <key>` on every /v1 route; /health stays open (load balancers probe it), and /metrics
+    too unless `metrics_need_key` (as in vLLM: Prometheus scrapes it)."""
 
-    def __init__(self, app: Any, api_key: str):
+    def __init__(self, app: Any, api_key: str, metrics_need_key: bool = False):
         self.app = app
         self.expected = f"Bearer {api_key}".encode()
+        self.metrics_need_key = metrics_need_key
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path", "").startswith("/v1") and scope.get("method") != "OPTIONS":
+        path = scope.get("path", "")
+        guarded = path.startswith("/v1") or (self.metrics_need_key and path == "/metrics")
+        if scope["type"] == "http" and guarded and scope.get("method") != "OPTIONS":
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 message = "Missing API key: send it as `Authorization: Bearer <key>`." if not given else "Incorrect API key provided."

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-schema-bytes", type=int, help="largest JSON Schema per tool / response_format / guided_json (default 64 KiB)")
     add("--compile-timeout-s", type=float, help="longest a request waits for its grammars to compile (default 10)")
     add("--max-n", type=int, help="most choices per request (default 16)")
+    add("--grammar-cache-mb", type=int, help="memory compiled grammars and turns may hold, masks included (default 1024)")
+    add("--strict-tools", action="store_const", const=True, help="treat every tool as strict: a keyword that cannot be enforced is a 400")
+    add("--metrics-need-key", action="store_const", const=True, help="/metrics needs the API key too (default: open, like /health)")
+    add("--client-timeout-s", type=float, help="disconnect a client that has not sent its whole request in this long (default 30)")
     add("--default-max-tokens", type=int, help="output budget of a chat request that sets no max_tokens (default: the model's "
                                                 f"generation_config max_new_tokens, else {DEFAULT_MAX_TOKENS}; capped by the context)")
     add("--generation-config", choices=["auto", "none"], help="auto (default): requests that set no temperature/top_p/top_k/min_p get the "
@@ -152,6 +156,7 @@ def serve(config: ServerConfig) -> int:
     import uvicorn
 
     from strictcall.server.api import create_app
+    from strictcall.server.http_protocol import TimedH11Protocol
     from strictcall.server.model_loader import ModelNotFoundError, resolve_model
     from strictcall.server.serving import load_serving_state
 
@@ -174,7 +179,7 @@ def serve(config: ServerConfig) -> int:
                 _version(), ", ".join(config.model_names), host, config.port)
     try:
         uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, log_config=_uvicorn_log_config(),
-                    timeout_graceful_shutdown=5)
+                    http=TimedH11Protocol.with_timeout(config.client_timeout_s), timeout_graceful_shutdown=5)
     except KeyboardInterrupt:
         return 1 if failed else 130
     return 1 if failed else 0

@@ -66,6 +66,12 @@ class ServerConfig:
         log_level: the server's log level.
         log_requests: one log line per finished request (id, tokens, time to first token, duration, tool calls,
             finish reason).
+        grammar_cache_mb: the memory compiled grammars and turns may hold, masks computed during generation
+            included; past it the least recently used are dropped (and compiled again when needed).
+        strict_tools: treat every tool as `"strict": true`: a schema keyword that cannot be enforced is a 400.
+        metrics_need_key: `/metrics` needs the API key too (by default `/health` and `/metrics` are open, as in vLLM).
+        client_timeout_s: a client that has not sent its whole request (headers and body) within this long is
+            disconnected (a stalled or slow client holds no slot longer).
     """
 
     model: str | None = None
@@ -92,9 +98,14 @@ class ServerConfig:
     log_requests: bool = True
     default_max_tokens: int | None = None
     generation_config: str = "auto"
+    grammar_cache_mb: int = 1024
+    strict_tools: bool = False
+    metrics_need_key: bool = False
+    client_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        positive = ("max_batch_size", "max_body_bytes", "max_tools", "max_schema_bytes", "max_n", "prefill_chunk_tokens", "default_max_tokens")
+        positive = ("max_batch_size", "max_body_bytes", "max_tools", "max_schema_bytes", "max_n", "prefill_chunk_tokens", "default_max_tokens",
+                    "grammar_cache_mb")
         for name in positive:
             value = getattr(self, name)
             if value is None and name == "default_max_tokens":
@@ -109,6 +120,8 @@ class ServerConfig:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
         if self.auto_tool_bias is not None and not -100 <= self.auto_tool_bias <= 100:
             raise ValueError(f"auto_tool_bias must be in [-100, 100], got {self.auto_tool_bias}")
+        if not self.client_timeout_s > 0:
+            raise ValueError(f"client_timeout_s must be > 0, got {self.client_timeout_s}")
         if not self.compile_timeout_s > 0:
             raise ValueError(f"compile_timeout_s must be > 0, got {self.compile_timeout_s}")
         if self.dtype not in (None, "float32", "bfloat16", "float16"):
@@ -161,7 +174,8 @@ class ServerConfig:
 _TYPES: dict[str, type] = {
     "max_batch_size": int, "max_model_len": int, "port": int, "prefill_chunk_tokens": int, "max_waiting": int,
     "max_body_bytes": int, "max_tools": int, "max_schema_bytes": int, "max_n": int, "compile_timeout_s": float,
-    "jump_forward": bool, "auto_tool_bias": float, "log_requests": bool, "default_max_tokens": int,
+    "jump_forward": bool, "auto_tool_bias": float, "log_requests": bool, "default_max_tokens": int, "grammar_cache_mb": int,
+    "strict_tools": bool, "metrics_need_key": bool, "client_timeout_s": float,
 }
 _LISTS = frozenset({"cors_origins", "served_model_names"})
 

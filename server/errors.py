@@ -13,7 +13,8 @@ from strictcall.grammars import AutomatonLimitError, GrammarError, InvalidSchema
 from strictcall.server.engine import EngineOverloadedError, EngineRequestError
 from strictcall.server.prompt import PromptError
 
-_TYPES = {401: "authentication_error", 404: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "service_unavailable"}
+_TYPES = {401: "authentication_error", 404: "invalid_request_error", 408: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
+          503: "service_unavailable"}
 
 
 class APIError(Exception):

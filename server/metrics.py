@@ -201,6 +201,8 @@ class ServerMetrics:
             ("grammar_cache_hits_total", "counter", "Grammar compiles answered from the compiled-grammar cache.",
              lambda s: s.grammars.compiler.num_cache_hits),
             ("grammar_cache_misses_total", "counter", "Grammar compiles that built a new grammar.", lambda s: s.grammars.compiler.num_cache_misses),
+            ("grammar_cache_bytes", "gauge", "Memory held by compiled grammars and turns (masks included), under --grammar-cache-mb.",
+             lambda s: s.grammars.compiler.budget.num_bytes),
         )
         for name, kind, help, read in views:
             r(CallbackMetric(f"strictcall_{name}", help, kind, functools.partial(lambda view, source: view(source()), read, serving)))

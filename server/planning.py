@@ -35,7 +35,7 @@ from strictcall.server.compile_pool import CompileTimeoutError
 from strictcall.server.config import DEFAULT_MAX_TOKENS, ServerConfig
 from strictcall.server.errors import APIError, api_error, bad_request
 from strictcall.server.metrics import ServerMetrics
-from strictcall.server.prompt import render_prompt
+from strictcall.server.prompt import encode_prompt, render_prompt
 from strictcall.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -82,7 +82,7 @@ async def plan_chat(serving: ServingState, config: ServerConfig, metrics: Server
     """A chat completion request -> its plan (prompt rendered, turn compiled)."""
     _check_common(req, config)
     _check_chat_fields(req)
-    tools = tool_specs(req.tools)
+    tools = tool_specs(req.tools, all_strict=config.strict_tools)
     if len(tools) > config.max_tools:
         raise bad_request(f"{len(tools)} tools were given; this server takes at most {config.max_tools} (--max-tools)", "tools", "too_many_tools")
     for i, tool in enumerate(tools):
@@ -102,9 +102,9 @@ async def plan_chat(serving: ServingState, config: ServerConfig, metrics: Server
     openai_tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
     try:
         prompt = render_prompt(serving.tokenizer, serving.format, messages, openai_tools, choice.mode)
+        prompt_ids = encode_prompt(serving.tokenizer, prompt)
     except Exception as error:
         raise api_error(error) from None
-    prompt_ids = serving.tokenizer.encode(prompt, add_special_tokens=False)
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     default = config.default_max_tokens or int(serving.sampling_defaults.get("max_tokens", DEFAULT_MAX_TOKENS))
@@ -135,7 +135,7 @@ async def plan_chat(serving: ServingState, config: ServerConfig, metrics: Server
                       call_opening_bias=auto_tool_bias, stop=_stops(req), grammar=grammar, jump_forward=options.jump_forward)
         for i in range(req.n)
     ]
-    return Plan(requests, output, bool(req.logprobs), len(prompt_ids), [prompt], unenforced=unenforced)
+    return Plan(requests, output, bool(req.logprobs), len(prompt_ids), [prompt.text], unenforced=unenforced)
 
 
 async def plan_completion(serving: ServingState, config: ServerConfig, metrics: ServerMetrics, req: CompletionRequest) -> Plan:
@@ -357,7 +357,8 @@ def _turn_error(error: TurnError, tools: list[Any]) -> APIError:
         param = f"tools[{error.index}].function." + ("parameters" if error.cause is not None else "name")
         message = str(error)
         if error.cause is not None and error.index is not None and tools[error.index].strict:
-            message += ' (the tool sets "strict": true, so every keyword must be enforced; without it the rest is enforced and this is reported)'
+            message += (' (the tool is strict: it sets "strict": true, or the server runs with --strict-tools; every keyword must be '
+                        'enforced then, while for a non-strict tool the rest is enforced and this keyword is reported)')
         return api_error(TurnError(message, error.part, error.index, error.cause), param)
     if error.part == "answer":
         return api_error(error, "response_format.json_schema.schema")

@@ -9,6 +9,8 @@ message names its field (`messages[2].content`).
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from strictcall.grammars import ToolCall, ToolCallFormat
@@ -139,22 +141,66 @@ def _assistant_message(format: ToolCallFormat, message: dict[str, Any], text: st
     return {"role": "assistant", "content": f"{text}\n{rendered}" if text else rendered}
 
 
-def render_prompt(tokenizer: Any, format: ToolCallFormat, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, tool_choice_mode: str) -> str:
-    """The prompt text for a chat request, ending with the assistant's generation prompt.
+# A message whose text spells a special token is rendered with this placeholder (private-use characters no
+# tokenizer merges with their neighbours) in its place, then its text is encoded as plain text there.
+_PLACEHOLDER = "\ue000{}\ue001"
+_PLACEHOLDER_RE = re.compile("\ue000([0-9]+)\ue001")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A rendered chat prompt. `template_text` may hold placeholders for the messages in `plain` (those that spell
+    a special token); `text` is the prompt as the model reads it."""
+
+    template_text: str
+    plain: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return _PLACEHOLDER_RE.sub(lambda m: self.plain[int(m.group(1))], self.template_text)
+
+
+def render_prompt(tokenizer: Any, format: ToolCallFormat, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                  tool_choice_mode: str) -> Prompt:
+    """The prompt for a chat request, ending with the assistant's generation prompt.
 
     Raises:
         PromptError: the messages cannot be rendered (the template's own error is in the message).
     """
     if getattr(tokenizer, "chat_template", None) is None:
         raise PromptError("this model has no chat template; use /v1/completions with a prompt instead", "messages")
+    specials = [token.content for token in getattr(tokenizer, "added_tokens_decoder", {}).values() if token.special]
     has_tool_results = any(m.get("role") == "tool" for m in messages)
     for tool_role in ((True, False) if has_tool_results and not format.tools_in_template else (True,)):
         rendered, template_tools = render_messages(format, messages, tools, tool_choice_mode, tool_role)
+        plain: list[str] = []
+        for message in rendered:
+            content = message.get("content")
+            if isinstance(content, str) and any(special in content for special in specials):
+                message["content"] = _PLACEHOLDER.format(len(plain))
+                plain.append(content)
         kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
         if template_tools:
             kwargs["tools"] = template_tools
         try:
-            return tokenizer.apply_chat_template(rendered, **kwargs)
+            text = tokenizer.apply_chat_template(rendered, **kwargs)
         except Exception as error:  # jinja2 TemplateError and the errors templates raise on purpose
             failure = error
+            continue
+        return Prompt(text, tuple(plain))
     raise PromptError(f"the model's chat template cannot render these messages: {failure}", "messages") from None
+
+
+def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """The prompt's token ids, where special tokens come only from the template: a message that spells one
+    (`<|im_end|>` in a user's text or a tool result) gets it as plain text, so it cannot end its turn and forge
+    another."""
+    if not prompt.plain:
+        return tokenizer.encode(prompt.template_text, add_special_tokens=False)  # the usual case
+    ids: list[int] = []
+    for i, piece in enumerate(_PLACEHOLDER_RE.split(prompt.template_text)):
+        if i % 2:  # a placeholder's index
+            ids += tokenizer.encode(prompt.plain[int(piece)], add_special_tokens=False, split_special_tokens=True)
+        elif piece:
+            ids += tokenizer.encode(piece, add_special_tokens=False)
+    return ids

@@ -296,8 +296,8 @@ def parse_request(model: type[BaseModel], body: dict[str, Any]) -> Any:
 # ----- OpenAI -> typed specs -----
 
 
-def tool_specs(tools: list[ToolDefinition] | None) -> list[ToolSpec]:
-    """The request's tools as the grammars' specs (names as OpenAI allows them)."""
+def tool_specs(tools: list[ToolDefinition] | None, all_strict: bool = False) -> list[ToolSpec]:
+    """The request's tools as the grammars' specs (names as OpenAI allows them; every one strict with `all_strict`)."""
     specs = []
     for i, tool in enumerate(tools or []):
         function = tool.function
@@ -305,7 +305,7 @@ def tool_specs(tools: list[ToolDefinition] | None) -> list[ToolSpec]:
             raise bad_request(f"tools[{i}].function.name must match ^[a-zA-Z0-9_-]{{1,64}}$, got {function.name!r}",
                               f"tools[{i}].function.name", "invalid_value")
         parameters = function.parameters if function.parameters is not None else {"type": "object", "properties": {}}
-        specs.append(ToolSpec(function.name, parameters, function.strict is True))
+        specs.append(ToolSpec(function.name, parameters, all_strict or function.strict is True))
     return specs
 
 

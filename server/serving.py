@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from strictcall.grammars import DiskCache, GrammarCompiler, ToolCallFormat, ToolGrammarCompiler, Vocabulary, detect_format, get_format
+from strictcall.grammars import CompilerLimits, DiskCache, GrammarCompiler, ToolCallFormat, ToolGrammarCompiler, Vocabulary, detect_format, get_format
 from strictcall.kernels import SamplingParams
 from strictcall.kernels.bitmask_cpu import set_cache_dir
 from strictcall.server.compile_pool import CompilePool
@@ -47,11 +47,12 @@ class Grammars:
     tool_compiler: ToolGrammarCompiler
 
 
-def build_grammars(tokenizer: Any, vocab_size: int, tool_format: str | None, disk_cache: DiskCache | None = None) -> Grammars:
+def build_grammars(tokenizer: Any, vocab_size: int, tool_format: str | None, disk_cache: DiskCache | None = None,
+                   cache_mb: int = 1024) -> Grammars:
     """The format (`tool_format`, or detected from the chat template), vocabulary and compilers of a tokenizer."""
     fmt = get_format(tool_format) if tool_format else detect_format(getattr(tokenizer, "chat_template", None))
     vocabulary = Vocabulary.from_tokenizer(tokenizer, vocab_size=vocab_size, text_special_tokens=fmt.special_tokens)
-    compiler = GrammarCompiler(vocabulary, disk_cache=disk_cache)
+    compiler = GrammarCompiler(vocabulary, CompilerLimits(max_cache_bytes=cache_mb << 20), disk_cache=disk_cache)
     return Grammars(fmt, vocabulary, compiler, ToolGrammarCompiler(compiler, fmt))
 
 
@@ -101,7 +102,7 @@ def load_serving_state(config: ServerConfig, source: ModelSource | None = None) 
     logger.info("loading model %s on %s (%s)%s", source.location, device, str(dtype).removeprefix("torch."),
                 "; the first start converts the GGUF file once (~20 s)" if converting else "")
     model, tokenizer = load_model(source, device, dtype)
-    grammars = build_grammars(tokenizer, model.config.vocab_size, config.tool_format, DiskCache(grammar_cache_dir()))
+    grammars = build_grammars(tokenizer, model.config.vocab_size, config.tool_format, DiskCache(grammar_cache_dir()), config.grammar_cache_mb)
     logger.info("building the engine (tool-call format: %s)", grammars.format.name)
     runner = ModelRunner(model, config.max_batch_size, config.max_model_len)
     engine = Engine(runner, grammars.vocabulary, tokenizer, EngineConfig(prefill_chunk_tokens=config.prefill_chunk_tokens,

@@ -200,6 +200,18 @@ def test_api_key(serving) -> None:
                     headers={"Authorization": "Bearer s3cret"})
     assert response.status_code == 200
     assert call(secured, "GET", "/health").status_code == 200  # health and metrics stay open, as in vLLM
+    assert call(secured, "GET", "/metrics").status_code == 200
+    guarded = make_app(serving, api_key="s3cret", metrics_need_key=True)
+    assert call(guarded, "GET", "/metrics").status_code == 401 and call(guarded, "GET", "/health").status_code == 200
+    assert call(guarded, "GET", "/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_strict_tools_makes_every_tool_strict(serving) -> None:
+    tags = _tool({"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}})
+    assert chat(make_app(serving), tools=tags).status_code == 200  # non-strict: reported, not refused
+    response = chat(make_app(serving, strict_tools=True), tools=tags)
+    assert response.status_code == 400 and error_of(response)["param"] == "tools[0].function.parameters"
+    assert "--strict-tools" in error_of(response)["message"]
 
 
 def test_no_cors_unless_asked(serving, app) -> None:
@@ -528,3 +540,24 @@ def test_a_compile_bomb_times_out_alone_and_leaves_nothing_behind(serving, monke
         time.sleep(0.05)
     assert not pool._jobs  # the four shared one job, and it was stopped, not left running
     assert serving.grammars.tool_compiler.cached_turn([ToolSpec("bomb", _ref_bomb())], "auto") is None
+
+
+def test_a_grammar_that_fails_mid_generation_fails_its_request_alone(serving) -> None:
+    """The reliability issue's repro: a regex whose lazy DFA outgrows its limit while generating, beside innocent requests."""
+    app = make_app(serving)
+    bomb = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story about a cat."}], "guided_regex": "[a-z ]*a[a-z ]{40}",
+            "max_tokens": 120, "temperature": 1.0, "seed": 1}
+    innocent = {"model": MODEL, "messages": USER, "max_tokens": 40, "temperature": 1.0, "tools": TOOLS, "tool_choice": "required",
+                "parallel_tool_calls": False}
+
+    async def go() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=300) as client:
+            return await asyncio.gather(client.post("/v1/chat/completions", json=bomb),
+                                        *(client.post("/v1/chat/completions", json={**innocent, "seed": i}) for i in range(4)))
+
+    bombed, *others = asyncio.run(go())
+    # Failed alone: mid-generation, or refused before it starts where the compiler can tell in advance.
+    assert bombed.status_code in (400, 500) and "the grammar needs more than" in error_of(bombed)["message"], bombed.text
+    for response in others:
+        assert response.status_code == 200, response.text
+        _check_calls(response.json()["choices"][0]["message"], set(SCHEMAS))

@@ -271,3 +271,42 @@ def test_call_opening_bias_follows_the_opening_only_while_the_output_is_on_it(ti
     plain, pushed, pulled = (output_ids(results[k]) for k in ("plain", "pushed", "pulled"))
     assert tuple(pushed[: len(opening)]) == opening and tuple(plain[: len(opening)]) != opening
     assert pulled == plain  # off the opening from the first token: nothing changes
+
+
+class _Faulty:
+    """A grammar whose matcher raises after `after` tokens, in `fill` (the mask) or `accept` (advancing)."""
+
+    def __init__(self, grammar, where: str, after: int):
+        self.grammar, self.where, self.after, self.vocabulary = grammar, where, after, grammar.vocabulary
+
+    def new_matcher(self):
+        matcher, where, after = self.grammar.new_matcher(), self.where, self.after
+        fill, accept = matcher.fill_next_token_bitmask, matcher.accept_token
+
+        def faulty_fill(bitmask, index=0):
+            if where == "fill" and len(matcher._states) > after:
+                raise RuntimeError("mask exploded")
+            fill(bitmask, index)
+
+        def faulty_accept(token):
+            if where == "accept" and len(matcher._states) > after:
+                raise RuntimeError("advance exploded")
+            return accept(token)
+
+        matcher.fill_next_token_bitmask, matcher.accept_token = faulty_fill, faulty_accept
+        return matcher
+
+
+@pytest.mark.parametrize("where", ["fill", "accept"])
+def test_a_row_whose_grammar_raises_fails_alone(tiny_llama, smollm2_vocabulary, smollm2_tokenizer, where) -> None:
+    grammar = GrammarCompiler(smollm2_vocabulary).compile_regex("[a-z ]{1,200}")
+    requests = [EngineRequest("bad", [1, 2, 3], GREEDY, max_tokens=30, grammar=_Faulty(grammar, where, 3))]
+    requests += [EngineRequest(f"ok{i}", [1, 2, 3 + i], GREEDY, max_tokens=12, grammar=grammar) for i in range(4)]
+    alone = {r.request_id: output_ids(run(make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer), [r])[r.request_id])
+             for r in requests[1:]}
+    engine = make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer, slots=5)
+    results = run(engine, requests)
+    assert results["bad"][-1].finish_reason == "error" and "exploded" in results["bad"][-1].error
+    assert engine.stats.num_row_errors == 1
+    for r in requests[1:]:  # the others finish, with exactly what they produce alone
+        assert results[r.request_id][-1].finish_reason in ("stop", "length") and output_ids(results[r.request_id]) == alone[r.request_id]

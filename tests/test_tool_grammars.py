@@ -16,7 +16,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from strictcall.grammars.compiler import GrammarCompiler
+from strictcall.grammars.compiler import CompilerLimits, GrammarCompiler
 from strictcall.grammars.errors import TurnError
 from strictcall.grammars.formats import FORMATS, GENERIC, HERMES, ToolCall, detect_format
 from strictcall.grammars.json_schema import UnsupportedSchemaError
@@ -335,3 +335,29 @@ def test_every_bfcl_tool_set_gives_valid_turns(compilers, vocabulary: Vocabulary
             check_turn(text.decode("utf-8"), FORMATS[format_name], tools, mode, parallel, named)
             num_finished += 1
     assert num_finished >= 120  # of the sample's 150 tool sets (130 finish within 250 steps)
+
+
+def test_grammar_memory_stays_within_its_byte_budget(vocabulary: Vocabulary, data_dir: Path) -> None:
+    """Never-seen tool sets one after another, their masks computed as a generation would: the bytes held by cached
+    grammars and turns stay under the budget (least recently used dropped), and dropped ones are freed."""
+    import gc
+    import weakref
+
+    limit = 24 << 20
+    compiler = ToolGrammarCompiler(GrammarCompiler(vocabulary, CompilerLimits(max_cache_bytes=limit)), HERMES)
+    budget = compiler.compiler.budget
+    rng = np.random.default_rng(5)
+    first_turn = None
+    peak = 0
+    for round_ in range(2):
+        for i, tools in enumerate(bfcl_tool_sets(data_dir, 10_000)):
+            renamed = [ToolSpec(f"{spec.name}_{round_}_{i}", spec.parameters) for spec in specs(tools)]  # never seen before
+            turn = compiler.compile_turn(renamed, "required")
+            first_turn = first_turn or weakref.ref(turn)
+            random_turn(turn.new_matcher(), vocabulary, rng, bytearray(), max_steps=12)
+            peak = max(peak, budget.num_bytes)
+    # Over the limit by at most what one grammar or turn adds between two trims (a few masks: 6 KB each).
+    assert limit // 2 < peak <= limit + (1 << 20), (peak, limit)
+    gc.collect()
+    assert first_turn() is None  # evicted long ago, and freed
+    assert budget.num_bytes <= limit
