@@ -129,7 +129,7 @@ class Ours(Variant):
         from strictcall.grammars.compiler import GrammarCompiler
         from strictcall.grammars.formats import HERMES
         from strictcall.grammars.tools import ToolGrammarCompiler
-        from strictcall.grammars.turn import TurnMatcher
+        from strictcall.grammars.turn_matcher import TurnMatcher
         from strictcall.server.protocol import ToolsFile, tool_specs
 
         self.specs = lambda tools: tool_specs(ToolsFile.model_validate({"tools": tools}).tools)

@@ -21,7 +21,8 @@ from strictcall.grammars.matcher import Grammar, GrammarMatcher, Matcher
 from strictcall.grammars.regex import escape
 from strictcall.grammars.schema_check import check_schema
 from strictcall.grammars.tools import AnswerSpec, ToolChoice, ToolGrammarCompiler, ToolSpec, turn_key
-from strictcall.grammars.turn import TurnGrammar, TurnMatcher, Unenforced
+from strictcall.grammars.turn import TurnGrammar, Unenforced
+from strictcall.grammars.turn_matcher import TurnMatcher
 from strictcall.grammars.vocabulary import Vocabulary
 
 __all__ = [

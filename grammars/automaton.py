@@ -244,6 +244,8 @@ class Nfa:
         reverse: dict[int, list[tuple[int, float]]] = {}
         heap: list[tuple[float, int]] = []
         for state in states:
+            if not state & 4095:
+                check_cancelled()
             if state == self.accept:
                 heap.append((0, state))
             for target, cost in self._out_edges(state):
@@ -258,6 +260,8 @@ class Nfa:
             if state in settled:
                 continue
             settled[state] = distance
+            if not len(settled) & 4095:
+                check_cancelled()
             for source, cost in reverse.get(state, ()):
                 if source not in settled:
                     heapq.heappush(heap, (distance + cost, source))

@@ -67,7 +67,10 @@ class CompiledGrammar:
         self.unenforced = unenforced
         self.dfa = LazyDfa(Nfa(parse_regex(regex), limits.max_nfa_states), limits.max_dfa_states)
         self._masks: dict[int, np.ndarray] = {}
+        # Per visited state: the most bytes-to-accept any allowed token leaves (budget checks skip states below it).
+        self._max_next_distance: dict[int, int] = {}
         self._exits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._budget_masks: LruCache[np.ndarray] = LruCache(256)  # (state, bytes left) -> mask, for the last tokens
         self._extra_bytes = 0  # masks and exits
         self._lock = threading.Lock()
         self._tracker: Tracker | None = None
@@ -98,13 +101,15 @@ class CompiledGrammar:
     def __getstate__(self) -> dict:
         # The vocabulary and the budget are the compiler's, re-attached on load; the lock is not picklable.
         state = self.__dict__.copy()
-        del state["vocabulary"], state["_lock"], state["_tracker"]
+        del state["vocabulary"], state["_lock"], state["_tracker"], state["_budget_masks"]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
         self._tracker = None
+        self._budget_masks = LruCache(256)
+        self.__dict__.setdefault("_max_next_distance", {})
 
     def warm_up(self, max_states: int) -> int:
         """Compute the masks of up to `max_states` states reachable from the start (for the disk cache).
@@ -131,7 +136,8 @@ class CompiledGrammar:
                 mask = self._masks.get(state)
                 if mask is None:
                     with paused_gc():
-                        token_ids, _ = allowed_token_ids(self.dfa, state, self.vocabulary.content_tokens)
+                        token_ids, next_states = allowed_token_ids(self.dfa, state, self.vocabulary.content_tokens)
+                    self._max_next_distance[state] = int(self.dfa.min_bytes_to_accept[next_states].max()) if len(next_states) else 0
                     mask = pack_token_bitmask(token_ids, self.vocabulary.num_words)
                     if self.dfa.is_accepting_state[state]:
                         mask |= self.vocabulary.eos_bitmask
@@ -139,6 +145,35 @@ class CompiledGrammar:
                     self._masks[state] = mask
                     self._extra_bytes += mask.nbytes
                     self._account()
+        return mask
+
+    def max_next_distance(self, state: int) -> int:
+        """The most bytes-to-accept any token allowed in `state` can leave (its mask computed first if need be)."""
+        if state not in self._max_next_distance:
+            self.token_bitmask(state)
+        return self._max_next_distance[state]
+
+    def token_bitmask_within(self, state: int, max_bytes: int) -> np.ndarray:
+        """`token_bitmask(state)` without the tokens after which more than `max_bytes` bytes are needed to accept.
+
+        The budget-aware mask: a token emits at least one byte and every byte is a token, so a state `d` bytes from
+        acceptance can always be finished in `d` tokens; keeping `d <= tokens left - 1` after each token means a
+        generation always ends complete within its budget. Costs a vocabulary walk the first time (cached). Empty
+        where no token fits (the budget is below the shortest completion): the caller decides what then.
+        """
+        if max_bytes >= self.max_next_distance(state):
+            return self.token_bitmask(state)
+        key = (state, max_bytes)
+        mask = self._budget_masks.get(key)
+        if mask is None:
+            with paused_gc():
+                token_ids, next_states = allowed_token_ids(self.dfa, state, self.vocabulary.content_tokens)
+            keep = token_ids[self.dfa.min_bytes_to_accept[next_states] <= max_bytes]
+            mask = pack_token_bitmask(keep, self.vocabulary.num_words)
+            if self.dfa.is_accepting_state[state]:
+                mask |= self.vocabulary.eos_bitmask
+            mask.setflags(write=False)
+            self._budget_masks.put(key, mask)
         return mask
 
     def tokens_through_accepting(self, state: int) -> tuple[np.ndarray, np.ndarray]:

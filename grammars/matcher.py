@@ -28,11 +28,15 @@ _TERMINATED = -3
 class Matcher(Protocol):
     """One generation's position in a grammar."""
 
-    def fill_next_token_bitmask(self, bitmask: Any, index: int = 0) -> None:
-        """Write the allowed tokens into row `index` of a `(batch, ceil(V/32))` int32 bitmask (numpy or torch)."""
+    def fill_next_token_bitmask(self, bitmask: Any, index: int = 0, max_tokens: int | None = None) -> None:
+        """Write the allowed tokens into row `index` of a `(batch, ceil(V/32))` int32 bitmask (numpy or torch).
 
-    def next_token_bitmask(self) -> np.ndarray:
-        """The current packed mask row (read-only, shared with the grammar's cache)."""
+        With `max_tokens` (the tokens the generation may still emit, this one included), only tokens after which
+        the grammar can still be completed in the tokens left: a generation that could end complete always does.
+        """
+
+    def next_token_bitmask(self, max_tokens: int | None = None) -> np.ndarray:
+        """The current packed mask row (read-only, shared with the grammar's cache); `max_tokens` as above."""
 
     def accept_token(self, token_id: int) -> bool:
         """Advance by one token; False (and no change) if the grammar does not allow it here."""
@@ -54,6 +58,10 @@ class Matcher(Protocol):
 
     def is_only_end_allowed(self) -> bool:
         """Complete, and nothing but end-of-sequence may follow: the generation can stop without a model step."""
+
+    def is_complete(self) -> bool:
+        """The text so far is a whole answer that may end here, not one cut short: accepting, and not in free text
+        (which could always go on). A generation out of tokens here ended complete, not by its budget."""
 
     def forced_bytes(self) -> bytes:
         """The bytes every continuation must start with (jump-forward); empty where there is a choice."""
@@ -101,6 +109,9 @@ class GrammarMatcher:
     def is_only_end_allowed(self) -> bool:
         return self.is_terminated() or self.grammar.is_end_only(self.state)
 
+    def is_complete(self) -> bool:
+        return self.is_accepting()
+
     def accept_token(self, token_id: int) -> bool:
         if self.is_terminated():
             return False
@@ -132,13 +143,17 @@ class GrammarMatcher:
     def reset(self) -> None:
         del self._states[1:]
 
-    def next_token_bitmask(self) -> np.ndarray:
+    def next_token_bitmask(self, max_tokens: int | None = None) -> np.ndarray:
         if self.is_terminated():
             return self.grammar.vocabulary.eos_bitmask
-        return self.grammar.token_bitmask(self.state)
+        mask = self.grammar.token_bitmask(self.state)
+        if max_tokens is not None:
+            within = self.grammar.token_bitmask_within(self.state, max(max_tokens - 1, 0))
+            mask = within if within.any() else mask  # nothing fits: the budget is below the shortest completion, it ends cut
+        return mask
 
-    def fill_next_token_bitmask(self, bitmask: Any, index: int = 0) -> None:
-        write_bitmask_row(bitmask, index, self.next_token_bitmask())
+    def fill_next_token_bitmask(self, bitmask: Any, index: int = 0, max_tokens: int | None = None) -> None:
+        write_bitmask_row(bitmask, index, self.next_token_bitmask(max_tokens))
 
     def forced_bytes(self) -> bytes:
         return b"" if self.is_terminated() else self.grammar.forced_bytes(self.state)

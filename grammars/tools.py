@@ -102,7 +102,7 @@ class ToolGrammarCompiler:
         return self.compiler.compile_regex(escape(text)) if text else None
 
     def compile_turn(self, tools: Sequence[ToolSpec] = (), tool_choice: ToolChoice | str | None = None, parallel_tool_calls: bool = True,
-                     answer: AnswerSpec | None = None) -> TurnGrammar:
+                     answer: AnswerSpec | None = None, distinct_calls: bool = True) -> TurnGrammar:
         """The grammar of one assistant turn.
 
         Args:
@@ -110,30 +110,31 @@ class ToolGrammarCompiler:
             tool_choice: a `ToolChoice`, or its mode as a string; None: `auto` with tools, else `none`.
             parallel_tool_calls: False allows at most one call.
             answer: the format a text answer must follow (then free text is not allowed).
+            distinct_calls: no call may equal an earlier one of the same turn (same name and arguments).
 
         Raises:
             TurnError: the choice names no offered tool or needs tools, a name is given twice, or a schema
                 cannot be enforced (`part` and `index` say which input; `cause` holds the schema's error).
         """
         choice = _choice(tool_choice, bool(tools))
-        key = turn_key(tools, choice, parallel_tool_calls, answer)
+        key = turn_key(tools, choice, parallel_tool_calls, answer, distinct_calls)
         turn = self._turns.get(key)
         if turn is None:
             with paused_gc():
-                turn = self._build(list(tools), choice, parallel_tool_calls, answer)
+                turn = self._build(list(tools), choice, parallel_tool_calls, answer, distinct_calls)
             self._turns.put(key, turn)
         return turn
 
     def cached_turn(self, tools: Sequence[ToolSpec] = (), tool_choice: ToolChoice | str | None = None, parallel_tool_calls: bool = True,
-                    answer: AnswerSpec | None = None) -> TurnGrammar | None:
+                    answer: AnswerSpec | None = None, distinct_calls: bool = True) -> TurnGrammar | None:
         """The turn if it is compiled already (a lookup: callers skip the compile queue), else None."""
         try:
             choice = _choice(tool_choice, bool(tools))
         except TurnError:
             return None
-        return self._turns.get(turn_key(tools, choice, parallel_tool_calls, answer))
+        return self._turns.get(turn_key(tools, choice, parallel_tool_calls, answer, distinct_calls))
 
-    def _build(self, tools: list[ToolSpec], choice: ToolChoice, parallel: bool, answer_spec: AnswerSpec | None) -> TurnGrammar:
+    def _build(self, tools: list[ToolSpec], choice: ToolChoice, parallel: bool, answer_spec: AnswerSpec | None, distinct: bool) -> TurnGrammar:
         indexes: dict[str, int] = {}
         for i, tool in enumerate(tools):
             if tool.name in indexes:
@@ -155,7 +156,8 @@ class ToolGrammarCompiler:
             unenforced += [("answer", None, pointer, keyword) for pointer, keyword in answer.unenforced]
         max_calls = 1 if choice.mode == "named" or not parallel else None
         allow_text = choice.mode in ("none", "auto") and answer is None
-        return TurnGrammar(self._shared, self.compiler.vocabulary, calls, max_calls, allow_text, answer, tuple(unenforced), self.compiler.budget)
+        return TurnGrammar(self._shared, self.compiler.vocabulary, calls, max_calls, allow_text, answer, tuple(unenforced), self.compiler.budget,
+                           distinct)
 
     def _call_grammar(self, index: int, tool: ToolSpec) -> tuple[CompiledGrammar, tuple[tuple[str, str], ...]]:
         """The call's grammar and the (pointer, keyword) pairs of its schema it does not enforce (non-strict)."""
@@ -181,10 +183,10 @@ class ToolGrammarCompiler:
             raise TurnError(f"answer schema: {error}", "answer", cause=error) from error
 
 
-def turn_key(tools: Sequence[ToolSpec], choice: ToolChoice, parallel: bool, answer: AnswerSpec | None) -> str:
+def turn_key(tools: Sequence[ToolSpec], choice: ToolChoice, parallel: bool, answer: AnswerSpec | None, distinct_calls: bool = True) -> str:
     """What identifies a turn: equal keys, equal grammars."""
     return json.dumps([[(t.name, t.parameters, t.strict) for t in tools], [choice.mode, choice.name], parallel,
-                       None if answer is None else [answer.schema, answer.strict]], ensure_ascii=False)
+                       None if answer is None else [answer.schema, answer.strict], distinct_calls], ensure_ascii=False)
 
 
 def _choice(value: ToolChoice | str | None, has_tools: bool) -> ToolChoice:

@@ -6,7 +6,8 @@ grammars may follow which: `prefix call (separator call)* suffix` (the format's 
 their own), or in `auto` mode free text (or a response-format answer) that may switch to calls. A
 `TurnMatcher` holds the set of live configurations (segment, grammar state); its mask is the bitwise OR of
 theirs, so while the tool name is still open every offered tool is live and a name that was not offered is
-impossible. A turn is one more grammar kind: `new_matcher()` gives a `Matcher`, as for a single grammar.
+impossible. A turn is one more grammar kind: `new_matcher()` gives a `Matcher` (`turn_matcher.TurnMatcher`), as
+for a single grammar.
 
 Invariant: the mask and `accept_token` agree; end of turn is allowed only after a complete answer or a
 complete call sequence. Boundaries are exact: a token may end one segment and go on into the next (`}},`
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -26,7 +26,8 @@ from strictcall.grammars.automaton import DEAD, paused_gc
 from strictcall.grammars.cache import ByteBudget, LruCache
 from strictcall.grammars.compiler import CompiledGrammar
 from strictcall.grammars.formats import ToolCallFormat
-from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask, write_bitmask_row
+from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask
+from strictcall.grammars.turn_matcher import TurnMatcher
 from strictcall.grammars.vocabulary import Vocabulary
 
 # Masks kept per turn, one per set of live configurations (6 KB each with a 49,152-token vocabulary).
@@ -118,6 +119,7 @@ class TurnGrammar:
         allow_text: free text is allowed (auto mode without a response_format, or no tools).
         answer: the answer format's grammar, if any.
         unenforced: the keywords of non-strict schemas (tools, answer) that are not enforced.
+        distinct_calls: no call may equal an earlier one of the same turn (see `turn_matcher`).
     """
 
     def __init__(
@@ -130,6 +132,7 @@ class TurnGrammar:
         answer: CompiledGrammar | None,
         unenforced: tuple[Unenforced, ...] = (),
         budget: ByteBudget | None = None,
+        distinct_calls: bool = True,
     ):
         self.format = shared.format
         self.vocabulary = vocabulary
@@ -138,10 +141,12 @@ class TurnGrammar:
         self.allow_text = allow_text
         self.answer = answer
         self.unenforced = unenforced
+        self.distinct_calls = distinct_calls
         self._shared = shared
         self._pieces = {"prefix": shared.prefix, "sep": shared.separator, "suffix": shared.suffix}
         self._trailing_separator = not self.format.separator.strip()
         self._masks: LruCache[np.ndarray] = LruCache(_MAX_CACHED_MASKS)
+        self._budget_masks: LruCache[np.ndarray] = LruCache(256)  # (configs, bytes left) -> mask, for the last tokens
         self._into_call: dict[int, np.ndarray] = {}
         self._tracker = None if budget is None else budget.track(self)
 
@@ -340,94 +345,57 @@ class TurnGrammar:
         return common
 
     def min_bytes_to_end(self, configs: frozenset[Config]) -> int:
-        """Fewest bytes before the turn may end (a lower bound for `max_tokens` checks)."""
-        best = None
+        """Fewest bytes before the turn may end."""
+        if any(config[0] == "text" for config in configs):
+            return 0
+        return min((self.grammar_of(c).min_bytes_to_accept(c[2]) + self._after(c) for c in configs), default=0)
+
+    def _after(self, config: Config) -> int:
+        """Fewest bytes from the end of this segment to the end of the turn."""
+        segment = config[0]
         suffix = len(self.format.suffix.encode("utf-8"))
-        for config in configs:
-            if config[0] == "text":
-                return 0
-            remaining = self.grammar_of(config).min_bytes_to_accept(config[2])
-            if config[0] in ("prefix", "sep"):
-                remaining += min(g.min_bytes_to_accept(g.start_state) for g in self.calls.values()) + suffix
-            elif config[0] == "call":
-                remaining += suffix
-            best = remaining if best is None else min(best, remaining)
-        return 0 if best is None else best
+        if segment in ("prefix", "sep", "text"):
+            return min((g.min_bytes_to_accept(g.start_state) for g in self.calls.values()), default=0) + suffix
+        return suffix if segment == "call" else 0
 
+    def token_bitmask_within(self, configs: frozenset[Config], max_bytes: int) -> np.ndarray:
+        """`token_bitmask(configs)` without the tokens after which more than `max_bytes` bytes are needed before the
+        turn may end (the budget-aware mask; see `CompiledGrammar.token_bitmask_within`)."""
+        if max_bytes >= self._max_next_distance(configs):
+            return self.token_bitmask(configs)
+        key = (configs, max_bytes)
+        mask = self._budget_masks.get(key)
+        if mask is not None:
+            return mask
+        with paused_gc():
+            rows = [np.zeros(self.vocabulary.num_words, dtype=np.int32)]
+            candidates: list[int] = []  # tokens into or across segments: checked by advancing
+            for config in configs:
+                if config[0] == "text":
+                    free, completing = self._shared.free_text.tokens(config[2]) if self.calls else (self.vocabulary.content_bitmask, None)
+                    rows.append(free)  # text may end anywhere: within any budget
+                    candidates += [] if completing is None else completing.tolist()
+                    continue
+                grammar, left = self.grammar_of(config), max_bytes - self._after(config)
+                if left >= 0:
+                    rows.append(grammar.token_bitmask_within(config[2], left))
+                if self.follow_ons_possible(config):
+                    candidates += self._crossing_tokens(config, grammar)
+            kept = [t for t in set(candidates) if (after := self.advance(configs, self.vocabulary.token_bytes[t] or b""))
+                    and self.min_bytes_to_end(after) <= max_bytes]
+            rows.append(pack_token_bitmask(np.array(kept, dtype=np.int64), self.vocabulary.num_words))
+            eos = self.vocabulary.eos_bitmask
+            mask = np.bitwise_or.reduce(np.stack(rows), axis=0) & ~eos & self.token_bitmask(configs)
+            if self.may_end(configs):
+                mask |= eos
+            elif not mask.any():
+                return self.token_bitmask(configs)  # the budget is below the shortest ending: the turn ends cut
+        mask.setflags(write=False)
+        self._budget_masks.put(key, mask)
+        return mask
 
-class TurnMatcher:
-    """One request's position in a `TurnGrammar` (a `Matcher`)."""
-
-    def __init__(self, turn: TurnGrammar):
-        self.turn = turn
-        self._history: list[frozenset[Config]] = [turn.start_configs()]
-        self._terminated = False
-
-    @property
-    def configs(self) -> frozenset[Config]:
-        return self._history[-1]
-
-    def is_terminated(self) -> bool:
-        return self._terminated
-
-    def is_accepting(self) -> bool:
-        return self._terminated or self.turn.may_end(self.configs)
-
-    def is_only_end_allowed(self) -> bool:
-        return self._terminated or (self.turn.may_end(self.configs) and
-                                    np.array_equal(self.next_token_bitmask(), self.turn.vocabulary.eos_bitmask))
-
-    def accept_token(self, token_id: int) -> bool:
-        """Advance by one token; False (and no change) if the turn does not allow it here."""
-        if self._terminated:
-            return False
-        vocabulary = self.turn.vocabulary
-        if token_id in vocabulary.eos_token_ids:
-            if not self.turn.may_end(self.configs):
-                return False
-            self._history.append(self.configs)
-            self._terminated = True
-            return True
-        if not 0 <= token_id < vocabulary.vocab_size or not vocabulary.token_bytes[token_id]:
-            return False
-        return self.accept_bytes(vocabulary.token_bytes[token_id])  # type: ignore[arg-type]
-
-    def accept_bytes(self, data: bytes) -> bool:
-        """Advance by raw bytes (forced text); one step for `rollback`."""
-        if self._terminated:
-            return False
-        configs = self.turn.advance(self.configs, data)
-        if not configs:
-            return False
-        self._history.append(configs)
-        return True
-
-    def rollback(self, num_steps: int) -> None:
-        if not 0 <= num_steps < len(self._history):
-            raise ValueError(f"cannot roll back {num_steps} steps: only {len(self._history) - 1} were accepted")
-        if num_steps and self._terminated:
-            self._terminated = False
-        del self._history[len(self._history) - num_steps :]
-
-    def reset(self) -> None:
-        del self._history[1:]
-        self._terminated = False
-
-    def next_token_bitmask(self) -> np.ndarray:
-        if self._terminated:
-            return self.turn.vocabulary.eos_bitmask
-        return self.turn.token_bitmask(self.configs)
-
-    def fill_next_token_bitmask(self, bitmask: Any, index: int = 0) -> None:
-        """Write the allowed tokens into row `index` of a `(batch, ceil(V/32))` int32 bitmask."""
-        write_bitmask_row(bitmask, index, self.next_token_bitmask())
-
-    def forced_bytes(self) -> bytes:
-        return b"" if self._terminated else self.turn.forced_bytes(self.configs)
-
-    def min_bytes_to_end(self) -> int:
-        return 0 if self._terminated else self.turn.min_bytes_to_end(self.configs)
-
-    def in_tool_call(self) -> bool:
-        """Whether the text so far has committed to tool calls (the trigger is complete)."""
-        return bool(self.configs) and not any(c[0] in ("text", "answer") for c in self.configs)
+    def _max_next_distance(self, configs: frozenset[Config]) -> int:
+        """The most bytes-to-end any allowed token can leave (tokens into a following segment leave at most the
+        fewest bytes after this segment, which `_after` counts)."""
+        return max((self._after(c) if c[0] == "text" else self.grammar_of(c).max_next_distance(c[2]) + self._after(c) for c in configs),
+                   default=0)

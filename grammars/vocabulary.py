@@ -7,6 +7,7 @@ they are never allowed inside a grammar; the end-of-sequence ids are allowed onl
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -136,6 +137,31 @@ class Vocabulary:
         for token in self.token_bytes:
             digest.update(b"\xff" if token is None else len(token).to_bytes(2, "little") + token)
         return digest.hexdigest()[:16]
+
+    @cached_property
+    def _sorted_tokens(self) -> tuple[list[bytes], list[int]]:
+        pairs = sorted((data, token_id) for token_id, data in enumerate(self.token_bytes) if data)
+        return [data for data, _ in pairs], [token_id for _, token_id in pairs]
+
+    @cached_property
+    def max_token_bytes(self) -> int:
+        return max((len(data) for data in self.token_bytes if data), default=0)
+
+    def token_ids_starting_with(self, prefix: bytes) -> list[int]:
+        """The content tokens whose bytes start with `prefix` (equal to it included)."""
+        keys, ids = self._sorted_tokens
+        start = bisect.bisect_left(keys, prefix)
+        end = start
+        while end < len(keys) and keys[end].startswith(prefix):
+            end += 1
+        return ids[start:end]
+
+    def token_ids_spelling(self, data: bytes) -> list[int]:
+        """The content tokens whose bytes are exactly `data`."""
+        keys, ids = self._sorted_tokens
+        start = bisect.bisect_left(keys, data)
+        end = bisect.bisect_right(keys, data)
+        return ids[start:end]
 
     @cached_property
     def eos_bitmask(self) -> np.ndarray:

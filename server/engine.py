@@ -45,11 +45,15 @@ class EngineConfig:
             prefilled, so one long prompt neither stalls decoding rows nor delays a short prompt's first token.
         max_waiting: requests queued beyond the running batch; more are refused (HTTP 429).
         jump_forward: append the text a grammar forces without model steps.
+        close_within_budget: constrained rows only take tokens after which the grammar can still end within the
+            tokens left (`max_tokens`, the context): a call that could be completed in time always is, its values
+            cut short instead of the call.
     """
 
     prefill_chunk_tokens: int = 256
     max_waiting: int = 256
     jump_forward: bool = True
+    close_within_budget: bool = True
 
     def __post_init__(self) -> None:
         if self.prefill_chunk_tokens < 1:
@@ -370,8 +374,9 @@ class Engine:
             return failed
         started = time.perf_counter()
         for i, seq, matcher in constrained:
+            close = self.config.close_within_budget if seq.request.close_within_budget is None else seq.request.close_within_budget
             try:
-                matcher.fill_next_token_bitmask(self._bitmask, i)
+                matcher.fill_next_token_bitmask(self._bitmask, i, self._tokens_left(seq) if close else None)
             except Exception as error:
                 failed.add(i)
                 self._fail_row(seq, "computing the grammar's mask", error)
@@ -419,6 +424,10 @@ class Engine:
             self.stats.grammar_seconds += time.perf_counter() - started
         self._emit(seq, new_tokens, logprobs)
 
+    def _tokens_left(self, seq: Sequence) -> int:
+        """Tokens the row may still emit: within max_tokens and the context."""
+        return min(seq.request.max_tokens - len(seq.output_ids), self.runner.max_model_len - len(seq.tokens))
+
     def _at_limit(self, seq: Sequence, num_new: int) -> bool:
         return len(seq.output_ids) + num_new >= seq.request.max_tokens or len(seq.tokens) + num_new >= self.runner.max_model_len
 
@@ -441,7 +450,8 @@ class Engine:
         seq.tokens += [t for t in kept if t not in self._eos]
         self.stats.num_generated_tokens += len(kept)
         if finish is None and self._at_limit(seq, 0):
-            finish = "length"
+            # Out of tokens: a grammar that is complete here ended in time (the budget-aware mask sees to it).
+            finish = "stop" if seq.matcher is not None and seq.matcher.is_complete() else "length"
         if finish is None and seq.matcher is not None and self._only_end_allowed(seq):
             finish = "stop"  # the grammar is complete: end without another model step
         if finish is not None and not stopped:

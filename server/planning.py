@@ -117,7 +117,7 @@ async def plan_chat(serving: ServingState, config: ServerConfig, metrics: Server
         grammar = await _guided_grammar(serving, config, metrics, guided)
     elif options.constrained and (tools or answer):
         parallel = True if req.parallel_tool_calls is None else req.parallel_tool_calls
-        turn = await _compile_turn(serving, metrics, config, tools, choice, parallel, answer)
+        turn = await _compile_turn(serving, metrics, config, tools, choice, parallel, answer, not options.allow_repeated_calls)
         grammar = None if turn.is_unconstrained else turn
         unenforced = _unenforced_params(turn.unenforced)
     parse_tools = bool(tools) and choice.mode != "none" and guided is None
@@ -132,7 +132,8 @@ async def plan_chat(serving: ServingState, config: ServerConfig, metrics: Server
     requests = [
         EngineRequest(random_id("req-", 16), prompt_ids, _sampling(req, i, bool(req.logprobs), top, serving.sampling_defaults),
                       max_tokens=max_tokens, min_tokens=_min_tokens(req, max_tokens), logit_bias=bias, call_opening=opening,
-                      call_opening_bias=auto_tool_bias, stop=_stops(req), grammar=grammar, jump_forward=options.jump_forward)
+                      call_opening_bias=auto_tool_bias, stop=_stops(req), grammar=grammar, jump_forward=options.jump_forward,
+                      close_within_budget=options.close_within_budget)
         for i in range(req.n)
     ]
     return Plan(requests, output, bool(req.logprobs), len(prompt_ids), [prompt.text], unenforced=unenforced)
@@ -183,7 +184,7 @@ async def plan_completion(serving: ServingState, config: ServerConfig, metrics: 
             requests.append(EngineRequest(random_id("req-", 16), ids, _sampling(req, len(requests), req.logprobs is not None, top,
                                                                                  serving.sampling_defaults),
                                           max_tokens=budget, min_tokens=_min_tokens(req, budget), logit_bias=bias, stop=_stops(req),
-                                          grammar=grammar, jump_forward=options.jump_forward))
+                                          grammar=grammar, jump_forward=options.jump_forward, close_within_budget=options.close_within_budget))
             prompt_texts.append(text)
     return Plan(requests, OutputSpec(False, options.constrained, None), req.logprobs is not None, sum(len(ids) for ids in ids_list), prompt_texts,
                 bool(req.echo), unenforced)
@@ -341,12 +342,12 @@ async def _compile(serving: ServingState, metrics: ServerMetrics, config: Server
 
 
 async def _compile_turn(serving: ServingState, metrics: ServerMetrics, config: ServerConfig, tools: list[ToolSpec], choice: ToolChoice,
-                        parallel: bool, answer: AnswerSpec | None) -> TurnGrammar:
+                        parallel: bool, answer: AnswerSpec | None, distinct: bool = True) -> TurnGrammar:
     compiler = serving.grammars.tool_compiler
     try:
-        cached = compiler.cached_turn(tools, choice, parallel, answer)
-        return await _compile(serving, metrics, config, cached, ("turn", turn_key(tools, choice, parallel, answer)),
-                              lambda: compiler.compile_turn(tools, choice, parallel, answer), "tools" if tools else "response_format")
+        cached = compiler.cached_turn(tools, choice, parallel, answer, distinct)
+        return await _compile(serving, metrics, config, cached, ("turn", turn_key(tools, choice, parallel, answer, distinct)),
+                              lambda: compiler.compile_turn(tools, choice, parallel, answer, distinct), "tools" if tools else "response_format")
     except TurnError as error:
         raise _turn_error(error, tools) from None
 

@@ -35,6 +35,7 @@ class EngineRequest:
     stop: tuple[str, ...] = ()
     grammar: Grammar | None = None
     jump_forward: bool | None = None  # None: the engine's setting
+    close_within_budget: bool | None = None  # None: the engine's setting
 
 
 @dataclass(frozen=True)

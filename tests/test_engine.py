@@ -283,10 +283,10 @@ class _Faulty:
         matcher, where, after = self.grammar.new_matcher(), self.where, self.after
         fill, accept = matcher.fill_next_token_bitmask, matcher.accept_token
 
-        def faulty_fill(bitmask, index=0):
+        def faulty_fill(bitmask, index=0, max_tokens=None):
             if where == "fill" and len(matcher._states) > after:
                 raise RuntimeError("mask exploded")
-            fill(bitmask, index)
+            fill(bitmask, index, max_tokens)
 
         def faulty_accept(token):
             if where == "accept" and len(matcher._states) > after:

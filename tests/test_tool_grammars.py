@@ -22,7 +22,7 @@ from strictcall.grammars.formats import FORMATS, GENERIC, HERMES, ToolCall, dete
 from strictcall.grammars.json_schema import UnsupportedSchemaError
 from strictcall.grammars.masks import unpack_token_bitmask
 from strictcall.grammars.tools import AnswerSpec, ToolChoice, ToolGrammarCompiler, ToolSpec
-from strictcall.grammars.turn import TurnMatcher
+from strictcall.grammars.turn_matcher import TurnMatcher
 from strictcall.grammars.vocabulary import Vocabulary
 
 MODES = ["auto", "required", "named"]
@@ -361,3 +361,74 @@ def test_grammar_memory_stays_within_its_byte_budget(vocabulary: Vocabulary, dat
     gc.collect()
     assert first_turn() is None  # evicted long ago, and freed
     assert budget.num_bytes <= limit
+
+
+# ----- a turn ends complete within its budget, and never repeats a call -----
+
+def budget_walk(matcher, vocabulary: Vocabulary, rng: np.random.Generator, max_tokens: int) -> tuple[bytes, bool]:
+    """Random tokens under the budget-aware mask, as the engine runs a row: (text, ended complete)."""
+    text = bytearray()
+    eos = set(vocabulary.eos_token_ids)
+    for used in range(max_tokens):
+        allowed = unpack_token_bitmask(matcher.next_token_bitmask(max_tokens - used), vocabulary.vocab_size)
+        assert len(allowed), "a live turn always allows some token"
+        token = int(rng.choice(allowed))
+        assert matcher.accept_token(token)
+        if token in eos:
+            return bytes(text), True
+        text += vocabulary.token_bytes[token]
+        if matcher.is_only_end_allowed():
+            return bytes(text), True
+    return bytes(text), matcher.is_accepting()
+
+
+@pytest.mark.parametrize("mode", ["required", "named", "auto"])
+def test_every_turn_that_can_end_within_its_budget_does(compilers, vocabulary: Vocabulary, data_dir: Path, mode: str) -> None:
+    """With random tokens (the harshest model), for budgets around each BFCL tool set's shortest ending: a turn whose
+    shortest ending (in bytes: every byte is a token) fits its budget ends complete and valid; the others end as a
+    prefix the grammar accepted (every token was accepted on the way)."""
+    rng = np.random.default_rng(["required", "named", "auto"].index(mode))
+    num_complete = num_cut = 0
+    for tools in bfcl_tool_sets(data_dir, 40):
+        named = tools[int(rng.integers(len(tools)))]["function"]["name"] if mode == "named" else None
+        turn = compilers["generic"].compile_turn(specs(tools), ToolChoice.named(named) if named else mode)
+        for extra in (-3, 0, 8, 40):
+            matcher = turn.new_matcher()
+            if mode == "auto":  # into the call: free text alone could end at once
+                assert matcher.accept_bytes(b"<tool_call>")
+            max_tokens = matcher.min_bytes_to_end() + extra
+            text, complete = budget_walk(matcher, vocabulary, rng, max_tokens)
+            if extra >= 0:
+                assert complete, (tools[0]["function"]["name"], max_tokens, text[-80:])
+                prefix = "<tool_call>" if mode == "auto" else ""
+                assert check_turn(prefix + text.decode("utf-8"), GENERIC, tools, "required" if mode == "auto" else mode, True, named)
+                num_complete += 1
+            else:
+                num_cut += 1
+    assert (num_complete, num_cut) == (120, 40)
+
+
+def test_an_identical_call_cannot_be_completed_twice(compilers, vocabulary: Vocabulary, smollm2_tokenizer) -> None:
+    turn = compilers["generic"].compile_turn(specs([WEATHER, TIME]), "required")
+    first = GENERIC.render_calls([ToolCall("get_weather", {"city": "Paris", "unit": "celsius"})])
+    matcher = turn.new_matcher()
+    assert matcher.accept_bytes(first.encode())
+    head = '\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "'
+    for byte in head.encode():  # the second call, up to its last choice: the unit
+        assert matcher.accept_bytes(bytes([byte]))
+    c, f = (smollm2_tokenizer.convert_tokens_to_ids(t) for t in ("c", "f"))
+    mask = matcher.next_token_bitmask()
+    assert not (mask[c // 32] >> (c % 32)) & 1 and not matcher.accept_token(c)  # `c` forces "elsius": the same call again
+    assert (mask[f // 32] >> (f % 32)) & 1 and matcher.accept_token(f)  # fahrenheit is another call
+    assert matcher.accept_bytes(b'ahrenheit"}}\n</tool_call>') and matcher.is_accepting()
+    free = compilers["generic"].compile_turn(specs([WEATHER, TIME]), "required", distinct_calls=False).new_matcher()
+    assert free.accept_bytes((first + "\n" + first).encode()) and free.is_accepting()  # the opt-out
+
+
+def test_a_call_forced_in_full_cannot_start_again(compilers, vocabulary: Vocabulary) -> None:
+    """A tool without parameters: after its call, the separator can only end the turn (the next call would repeat it)."""
+    none = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+    matcher = compilers["generic"].compile_turn(specs([none]), "required").new_matcher()
+    assert matcher.accept_bytes(GENERIC.render_calls([ToolCall("get_time", {})]).encode() + b"\n")
+    allowed = set(unpack_token_bitmask(matcher.next_token_bitmask(), vocabulary.vocab_size).tolist())
+    assert allowed == set(vocabulary.eos_token_ids)
