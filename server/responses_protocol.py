@@ -30,15 +30,16 @@ _TEXT_PARTS = {"input_text": "text", "output_text": "text", "text": "text", "ref
 METADATA_KEYS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 
 
+# strict, as the chat models: types as OpenAI checks them (`"2"` is not an integer).
 class _Forbid(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Ignore(BaseModel):
     """Items a client echoes back from an earlier output carry fields (`id`, `status`, `annotations`) that say
     nothing to the next turn."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class FunctionTool(_Forbid):

@@ -164,6 +164,9 @@ ERROR_CASES = [
     ("extension field typo", {"model": MODEL, "input": "x", "strictcall": {"constraind": False}}, 400, "strictcall.constraind", "unknown_parameter",
      "constraind"),
     ("unknown model", {"model": "gpt-4o", "input": "x"}, 404, "model", "model_not_found", "gpt-4o"),
+    ("a number as a string", {"model": MODEL, "input": "x", "max_output_tokens": "8"}, 400, "max_output_tokens", "invalid_value", "integer"),
+    ("tool output answering no call", {"model": MODEL, "input": USER + [{"type": "function_call_output", "call_id": "call_9", "output": "x"}]}, 400,
+     "input[1].call_id", "invalid_value", "call_9"),
 ]
 
 

@@ -275,6 +275,14 @@ def test_readme_langchain_example(server) -> None:
     assert re.fullmatch(r"name='[^']*' country='[^']*'", city), city
 
 
+def test_readme_responses_example(server) -> None:
+    call, *answer = _run_python(_readme_block("python", "client.responses.create", server["base"]))
+    name, arguments = call.split(" ", 1)
+    assert name == "get_weather"
+    jsonschema.validate(json.loads(arguments), TIME)
+    assert "".join(answer).strip()
+
+
 def test_server_log(server) -> None:
     """Last in this module: a line per finished request, engine lines while busy, no access lines for probes."""
     log = Path(server["log"]).read_text()
