@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -31,6 +32,7 @@ from strictcall.server.response_items import Event, OutputBuilder
 from strictcall.server.response_store import MissingResponse, ResponseStore
 from strictcall.server.responses import Meta, chat_finish_reason, new_parser
 from strictcall.server.responses_protocol import (
+    FunctionTool,
     ResponsesRequest,
     function_tools,
     input_items,
@@ -81,7 +83,7 @@ async def plan_response(store: ResponseStore, serving: ServingState, config: Ser
         chat = parse_request(ChatCompletionRequest, translation.body)
         plan = await plan_chat(serving, config, metrics, chat)
     except APIError as error:
-        raise translation.rename(error) from None
+        raise _strict_by_default(translation.rename(error), tools) from None
     unenforced = tuple((translation.param(param), pointer, keyword) for param, pointer, keyword in plan.unenforced)
     sampling = plan.requests[0].sampling
     echo = {
@@ -94,6 +96,16 @@ async def plan_response(store: ResponseStore, serving: ServingState, config: Ser
     }
     context = ResponseContext(echo, items, req.previous_response_id, None if req.store is False else store)
     return ResponsePlan(**{**vars(plan), "unenforced": unenforced}, context=context)
+
+
+def _strict_by_default(error: APIError, tools: list[FunctionTool]) -> APIError:
+    """A strict schema's 400 says why a tool that did not set `strict` is strict here."""
+    match = re.fullmatch(r"tools\[(\d+)\]\.parameters", error.param or "")
+    if match is None or error.code != "unsupported_schema" or tools[int(match.group(1))].strict is not None:
+        return error
+    why = 'function tools on /v1/responses are strict unless they set "strict": false, as OpenAI\'s'
+    message = error.message.replace('the tool sets "strict": true', why) if 'the tool sets "strict": true' in error.message else f"{error.message} ({why})"
+    return APIError(error.status, message, param=error.param, code=error.code, type=error.type)
 
 
 def _history(store: ResponseStore, previous_id: str | None) -> list[dict[str, Any]]:

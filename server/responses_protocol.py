@@ -357,6 +357,8 @@ def _chat_fields(req: ResponsesRequest, tools: list[FunctionTool], messages: lis
             k: v for k, v in {"name": t.name, "description": t.description, "parameters": t.parameters, "strict": t.strict is not False}.items()
             if v is not None}} for t in tools]
     choice = _chat_tool_choice(req.tool_choice)
+    if not tools and choice in ("auto", "none"):
+        choice = None  # a response states `auto` when it offered no tools; a client may send it back as it is
     fmt = _text_format(req)
     if fmt is not None and fmt.type == "json_schema":
         body["response_format"] = {"type": "json_schema", "json_schema": {
@@ -373,8 +375,11 @@ def _chat_fields(req: ResponsesRequest, tools: list[FunctionTool], messages: lis
 
 def _chat_tool_choice(value: str | dict[str, Any] | None) -> Any:
     """`tool_choice` in the chat shape: `none`, `auto`, `required`, or `{"type": "function", "name": ...}`."""
-    if value is None or isinstance(value, str):
-        return value  # the chat path checks the string (and that tools were given)
+    if value is None or value in ("none", "auto", "required"):
+        return value  # the chat path checks that tools were given
+    if isinstance(value, str):
+        raise bad_request(f"tool_choice must be 'none', 'auto', 'required' or {{\"type\": \"function\", \"name\": ...}}, got {value!r}",
+                          "tool_choice")
     kind = value.get("type")
     if kind == "function" and isinstance(value.get("name"), str) and set(value) == {"type", "name"}:
         return {"type": "function", "function": {"name": value["name"]}}

@@ -114,10 +114,13 @@ ERROR_CASES = [
     ("bad tool name", {"model": MODEL, "input": "x", "tools": [{"type": "function", "name": "bad name!"}]}, 400, "tools[0].name", "invalid_value",
      "bad name!"),
     ("unenforceable schema, strict by default", {"model": MODEL, "input": "x", "tools": [TOOLS[0], {"type": "function", "name": "f", "parameters": {
-        "type": "object", "properties": {"x": {"not": {"type": "string"}}}}}]}, 400, "tools[1].parameters", "unsupported_schema", "tool 'f'"),
+        "type": "object", "properties": {"x": {"not": {"type": "string"}}}}}]}, 400, "tools[1].parameters", "unsupported_schema",
+     'strict unless they set "strict": false'),
     ("tool_choice names a missing tool", {"model": MODEL, "input": "x", "tools": TOOLS, "tool_choice": {"type": "function", "name": "nope"}}, 400,
      "tool_choice", "invalid_value", "'nope'"),
     ("tool_choice without tools", {"model": MODEL, "input": "x", "tool_choice": "required"}, 400, "tool_choice", "invalid_value", "tools"),
+    ("tool_choice unknown string", {"model": MODEL, "input": "x", "tools": TOOLS, "tool_choice": "any"}, 400, "tool_choice", "invalid_value",
+     '"name": ...'),
     ("tool_choice allowed_tools", {"model": MODEL, "input": "x", "tools": TOOLS, "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}},
      400, "tool_choice.type", "unsupported_value", "allowed_tools"),
     ("tool_choice built-in", {"model": MODEL, "input": "x", "tools": TOOLS, "tool_choice": {"type": "web_search_preview"}}, 400, "tool_choice.type",
@@ -183,7 +186,7 @@ def test_errors_name_the_responses_field(app, name, body, status, param, code, w
 def test_fields_accepted_and_ignored(app) -> None:
     response = create(app, user="u", safety_identifier="s", prompt_cache_key="k", prompt_cache_retention="24h", service_tier="auto", max_tool_calls=3,
                       text={"format": {"type": "text"}, "verbosity": "low"}, reasoning={"effort": "none"}, truncation="disabled", background=False,
-                      include=[], stream=False, metadata={"run": "7"}, instructions="Be brief.")
+                      include=[], stream=False, metadata={"run": "7"}, instructions="Be brief.", tool_choice="auto")
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["metadata"] == {"run": "7"} and body["instructions"] == "Be brief." and body["text"]["verbosity"] == "low"
