@@ -209,7 +209,7 @@ def _add_middlewares(app: FastAPI, config: ServerConfig, metrics: ServerMetrics)
     if config.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
 

@@ -271,6 +271,19 @@ def test_stream_adds_up_to_the_non_streamed_response_for_the_same_seed(app, body
         jsonschema.validate(json.loads(final["output"][0]["content"][0]["text"]), WEATHER)
 
 
+def test_the_strictcall_extension_reaches_the_engine(app, serving, monkeypatch) -> None:
+    submitted = []
+    submit = serving.engine.submit
+    monkeypatch.setattr(serving.engine, "submit", lambda request, sink: (submitted.append(request), submit(request, sink))[1])
+    body = create(app, tools=TOOLS, tool_choice="required", max_output_tokens=12, temperature=1.0, seed=5,
+                  strictcall={"constrained": False, "jump_forward": False}).json()
+    assert submitted[-1].grammar is None and submitted[-1].jump_forward is False
+    # Random weights without a grammar write noise: no call parses, and nothing fails.
+    assert [item["type"] for item in body["output"]] == ["message"] and body["status"] == "incomplete"
+    create(app, tools=TOOLS, tool_choice="required", strictcall={"jump_forward": True})
+    assert submitted[-1].grammar is not None and submitted[-1].jump_forward is True
+
+
 def test_a_call_cut_by_the_budget_is_announced_but_not_returned(app) -> None:
     cut = 0
     for budget in range(10, 24):  # from too short for the call's head to long enough for some calls
