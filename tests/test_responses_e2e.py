@@ -144,8 +144,14 @@ def test_langchain_use_responses_api(server) -> None:
         city: str = Field(description="The city, e.g. Paris")
 
     llm = ChatOpenAI(base_url=server["base"] + "/v1", api_key="unused", model=MODEL, temperature=0, max_tokens=60, use_responses_api=True)
-    message = llm.bind_tools([GetWeather], tool_choice="GetWeather").invoke(ASK)
+    bound = llm.bind_tools([GetWeather], tool_choice="GetWeather")
+    message = bound.invoke(ASK)
     [call] = message.tool_calls
     assert call["name"] == "GetWeather" and isinstance(call["args"]["city"], str)
+    chunks = list(bound.stream(ASK))  # LangChain reads the event stream itself
+    streamed = chunks[0]
+    for chunk in chunks[1:]:
+        streamed += chunk
+    assert [(c["name"], c["args"]) for c in streamed.tool_calls] == [(call["name"], call["args"])]
     answer = llm.bind_tools([GetWeather]).invoke([HumanMessage(ASK), message, ToolMessage(RESULT, tool_call_id=call["id"])])
     assert "22" in answer.text and not answer.tool_calls
