@@ -319,9 +319,14 @@ def test_sdk_stream_and_parse_helpers(app) -> None:
                                            extra_body={"seed": 5}) as stream:
             text_kinds = {event.type async for event in stream}
             streamed_parse = await stream.get_final_response()
-        return kinds, final, parsed, text_kinds, streamed_parse
+        tool = openai.pydantic_responses_function_tool(Forecast, name="get_weather", description="Weather forecast")
+        called = await client.responses.parse(model=MODEL, input="Weather in Paris?", tools=[tool], tool_choice="required", parallel_tool_calls=False,
+                                              max_output_tokens=80, temperature=1.0, extra_body={"seed": 6})
+        return kinds, final, parsed, text_kinds, streamed_parse, called
 
-    kinds, final, parsed, text_kinds, streamed_parse = sdk(app, work)
+    kinds, final, parsed, text_kinds, streamed_parse, called = sdk(app, work)
+    [function_call] = called.output
+    assert isinstance(function_call.parsed_arguments, Forecast)  # the SDK's strict pydantic tool, parsed from the grammar's arguments
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed" and "response.function_call_arguments.done" in kinds
     assert len(_valid_calls(final.output, set(SCHEMAS))) == 1
     assert isinstance(parsed.output_parsed, Forecast) and parsed.status == "completed"
