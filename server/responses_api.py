@@ -103,8 +103,7 @@ def _strict_by_default(error: APIError, tools: list[FunctionTool]) -> APIError:
     match = re.fullmatch(r"tools\[(\d+)\]\.parameters", error.param or "")
     if match is None or error.code != "unsupported_schema" or tools[int(match.group(1))].strict is not None:
         return error
-    why = 'function tools on /v1/responses are strict unless they set "strict": false, as OpenAI\'s'
-    message = error.message.replace('the tool sets "strict": true', why) if 'the tool sets "strict": true' in error.message else f"{error.message} ({why})"
+    message = f'{error.message} (function tools on /v1/responses are strict unless they set "strict": false, as OpenAI\'s)'
     return APIError(error.status, message, param=error.param, code=error.code, type=error.type)
 
 
