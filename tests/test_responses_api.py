@@ -425,6 +425,9 @@ def test_unenforced_keywords_name_the_responses_field(app) -> None:
     response = create(app, tools=[TOOLS[0], tags], tool_choice="required")
     assert json.loads(response.headers["x-strictcall-unenforced"]) == [
         {"param": "tools[1].parameters", "pointer": "/properties/tags", "keyword": "uniqueItems"}]
+    response = create(app, text={"format": {"type": "json_schema", "name": "tags", "schema": tags["parameters"]}})
+    assert json.loads(response.headers["x-strictcall-unenforced"]) == [
+        {"param": "text.format.schema", "pointer": "/properties/tags", "keyword": "uniqueItems"}]
 
 
 def test_log_line_and_metrics(serving, caplog) -> None:
