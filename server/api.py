@@ -10,6 +10,7 @@ the request is logged once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -31,13 +32,16 @@ from strictcall.server.generation import Generation
 from strictcall.server.metrics import ServerMetrics
 from strictcall.server.planning import Plan, plan_chat, plan_completion
 from strictcall.server.protocol import ChatCompletionRequest, CompletionRequest, GenerationFields, parse_body, parse_request, random_id
+from strictcall.server.response_store import ResponseStore
 from strictcall.server.responses import Meta, chat_response, completion_response
+from strictcall.server.responses_api import delete_response, plan_response, response_body, response_stream, stored_response
+from strictcall.server.responses_protocol import ResponsesRequest
 from strictcall.server.serving import ServingState, load_serving_state
 from strictcall.server.streaming import chat_stream, completion_stream
 
 logger = logging.getLogger("strictcall.server")
 
-ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models", "/health", "/metrics")
 STATS_INTERVAL_S = 10.0
 UNENFORCED_HEADER = "x-strictcall-unenforced"
 
@@ -55,7 +59,7 @@ class AppState:
 class _Route:
     """A generation route: its request model, id prefix, planner, and the two ways to answer."""
 
-    request_type: type[GenerationFields]
+    request_type: type[GenerationFields] | type[ResponsesRequest]
     id_prefix: str
     plan: Callable[..., Awaitable[Plan]]
     stream: Callable[..., AsyncIterator[str]]
@@ -97,6 +101,7 @@ def create_app(config: ServerConfig | None = None, loader: Callable[[ServerConfi
 
     app = FastAPI(title="strictcall", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.config, app.state.metrics, app.state.app_state = server.config, server.metrics, server.state
+    app.state.response_store = server.store
     _add_error_handlers(app)
     app.add_api_route("/health", server.health, methods=["GET"])
     app.add_api_route("/metrics", server.metrics_text, methods=["GET"])
@@ -104,6 +109,9 @@ def create_app(config: ServerConfig | None = None, loader: Callable[[ServerConfi
     app.add_api_route("/v1/models/{name:path}", server.model, methods=["GET"])
     app.add_api_route("/v1/chat/completions", server.chat_completions, methods=["POST"])
     app.add_api_route("/v1/completions", server.completions, methods=["POST"])
+    app.add_api_route("/v1/responses", server.responses, methods=["POST"])
+    app.add_api_route("/v1/responses/{response_id}", server.get_response, methods=["GET"])
+    app.add_api_route("/v1/responses/{response_id}", server.delete_response, methods=["DELETE"])
     _add_middlewares(app, server.config, server.metrics)
     return app
 
@@ -116,6 +124,8 @@ class _Server:
         self.metrics = ServerMetrics()
         self.state = AppState()
         self.metrics.add_engine_gauges(lambda: self.state.serving)
+        self.store = ResponseStore(config.response_store_entries, config.response_store_bytes)
+        self._responses = _Route(ResponsesRequest, "resp_", functools.partial(plan_response, self.store), response_stream, response_body)
 
     def ready(self) -> ServingState:
         if self.state.serving is None:
@@ -153,6 +163,17 @@ class _Server:
     async def completions(self, request: Request) -> Response:
         return await self.generate(request, _COMPLETION)
 
+    async def responses(self, request: Request) -> Response:
+        return await self.generate(request, self._responses)
+
+    async def get_response(self, response_id: str, stream: str | None = None) -> Response:
+        if stream is not None and stream.lower() not in ("false", "0"):
+            raise bad_request("streaming a stored response again is not supported; GET it without stream", "stream", "unsupported_parameter")
+        return JSONResponse(stored_response(self.store, response_id))
+
+    async def delete_response(self, response_id: str) -> Response:
+        return JSONResponse(delete_response(self.store, response_id))
+
     async def generate(self, request: Request, route: _Route) -> Response:
         """Parse, plan (grammars compiled), submit, then stream or answer."""
         arrival = time.perf_counter()
@@ -188,7 +209,7 @@ def _add_middlewares(app: FastAPI, config: ServerConfig, metrics: ServerMetrics)
     if config.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
 
@@ -308,7 +329,8 @@ class _MetricsMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             path = scope.get("path", "")
-            route = path if path in ROUTES else ("/v1/models" if path.startswith("/v1/models/") else "other")
+            route = path if path in ROUTES else ("/v1/models" if path.startswith("/v1/models/") else
+                                                 "/v1/responses/{id}" if path.startswith("/v1/responses/") else "other")
             self.metrics.requests.inc(route=route, status=str(status["code"]))
 
 

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--generation-config", choices=["auto", "none"], help="auto (default): requests that set no temperature/top_p/top_k/min_p get the "
                                                               "model's generation_config.json values (the embedded model: temperature 0.2, "
                                                               "top_p 0.9); none: OpenAI's defaults (temperature 1)")
+    add("--response-store-entries", type=int, help="responses kept in memory for GET /v1/responses/{id} and previous_response_id "
+                                                   "(default 4096; 0 keeps none)")
+    add("--response-store-bytes", type=int, help="bytes of JSON those stored responses may take, least recently used out first "
+                                                 "(default 64 MiB)")
     add("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="log level (default info)")
     add("--no-log-requests", action="store_const", const=False, dest="log_requests",
         help="no log line per finished request (id, tokens, time to first token, duration, tool calls, finish reason)")

@@ -63,6 +63,9 @@ class ServerConfig:
         compile_timeout_s: longest a request waits for its grammars to compile; past it, 400 (the compile
             goes on in the background and is cached, so a retry may succeed).
         max_n: most choices (`n`) per request; each choice is one sequence in the batch.
+        response_store_entries / response_store_bytes: the responses kept in memory for `GET /v1/responses/{id}`
+            and `previous_response_id` (least recently used out first): at most this many, and this many bytes of
+            their JSON (body and input items). 0 keeps none. Cost: about the bytes counted, plus ~1 KB per entry.
         log_level: the server's log level.
         log_requests: one log line per finished request (id, tokens, time to first token, duration, tool calls,
             finish reason).
@@ -102,6 +105,8 @@ class ServerConfig:
     strict_tools: bool = False
     metrics_need_key: bool = False
     client_timeout_s: float = 30.0
+    response_store_entries: int = 4096
+    response_store_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         positive = ("max_batch_size", "max_body_bytes", "max_tools", "max_schema_bytes", "max_n", "prefill_chunk_tokens", "default_max_tokens",
@@ -114,6 +119,10 @@ class ServerConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.max_model_len < 16:
             raise ValueError(f"max_model_len must be >= 16, got {self.max_model_len}")
+        for name in ("response_store_entries", "response_store_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if self.max_waiting < 0:
             raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
         if not 0 < self.port < 65536:
@@ -176,6 +185,7 @@ _TYPES: dict[str, type] = {
     "max_body_bytes": int, "max_tools": int, "max_schema_bytes": int, "max_n": int, "compile_timeout_s": float,
     "jump_forward": bool, "auto_tool_bias": float, "log_requests": bool, "default_max_tokens": int, "grammar_cache_mb": int,
     "strict_tools": bool, "metrics_need_key": bool, "client_timeout_s": float,
+    "response_store_entries": int, "response_store_bytes": int,
 }
 _LISTS = frozenset({"cors_origins", "served_model_names"})
 

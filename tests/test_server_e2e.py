@@ -1,7 +1,8 @@
 """The real server end to end: `strictcall serve` in a subprocess on 127.0.0.1, SmolLM2 on CPU, driven with the
 official `openai` client.
 
-One server per session. Requests keep `max_tokens` small (decode is ~40 ms/token here, more when other work
+One server per session (the `server` and `client` fixtures are in conftest.py: test_responses_e2e.py shares
+them). Requests keep `max_tokens` small (decode is ~40 ms/token here, more when other work
 shares the CPU), and timeouts are generous. Error cases and the API key are covered cheaply in
 test_api_app.py; here are the shapes real clients parse, every tool_choice mode, the SDK helpers, streaming,
 a full tool round trip and a client that leaves mid-stream.
@@ -13,12 +14,8 @@ import ast
 import contextlib
 import io
 import json
-import os
 import re
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,53 +36,6 @@ TOOLS = [
 ]
 SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def server():
-    """The base URL of a `strictcall serve` started from the venv's console script (never `python -m`)."""
-    script = Path(sys.executable).parent / "strictcall"
-    port = _free_port()
-    log = tempfile.NamedTemporaryFile("w+", prefix="strictcall-serve-", suffix=".log", delete=False)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRICTCALL_") or k == "STRICTCALL_CACHE_DIR"}
-    process = subprocess.Popen([str(script), "serve", "--port", str(port), "--max-batch-size", "4", "--max-model-len", "2048", "--max-n", "4"],
-                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tempfile.gettempdir())
-    base = f"http://127.0.0.1:{port}"
-    try:
-        saw_loading = False
-        deadline = time.time() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"strictcall serve exited with {process.returncode}:\n{Path(log.name).read_text()}")
-            try:
-                status = httpx.get(f"{base}/health", timeout=5).status_code
-            except httpx.TransportError:
-                status = None
-            saw_loading |= status == 503
-            if status == 200:
-                break
-            if time.time() > deadline:
-                raise RuntimeError(f"strictcall serve was not ready in 300 s:\n{Path(log.name).read_text()}")
-            time.sleep(0.2)
-        yield {"base": base, "saw_loading": saw_loading, "log": log.name}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture(scope="session")
-def client(server):
-    return openai.OpenAI(base_url=server["base"] + "/v1", api_key="unused", timeout=180, max_retries=0)
 
 
 def _valid_calls(message, names: set[str]) -> list:
@@ -323,6 +273,14 @@ def test_readme_langchain_example(server) -> None:
     calls = ast.literal_eval(calls)
     assert calls and all(c["name"] == "GetWeather" and isinstance(c["args"]["city"], str) for c in calls)
     assert re.fullmatch(r"name='[^']*' country='[^']*'", city), city
+
+
+def test_readme_responses_example(server) -> None:
+    call, *answer = _run_python(_readme_block("python", "client.responses.create", server["base"]))
+    name, arguments = call.split(" ", 1)
+    assert name == "get_weather"
+    jsonschema.validate(json.loads(arguments), TIME)
+    assert "".join(answer).strip()
 
 
 def test_server_log(server) -> None:
