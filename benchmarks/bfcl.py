@@ -107,6 +107,10 @@ def summarize(category: str, results: list[dict[str, Any]]) -> dict[str, Any]:
         "latency_p50_s": statistics.median(latencies) if latencies else None,
         "latency_p90_s": latencies[int(0.9 * (len(latencies) - 1))] if latencies else None,
         "completion_tokens_mean": statistics.mean(r["completion_tokens"] or 0 for r in answered) if answered else None,
+        # How turns end: cut by max_tokens, with more than one call, with the same call twice.
+        "finish_length": share(sum(r["finish_reason"] == "length" for r in answered), len(answered)),
+        "several_calls": share(sum(len(r["calls"]) > 1 for r in answered), len(answered)),
+        "repeated_calls": share(sum(len({(c["name"], c["arguments"]) for c in r["calls"]}) < len(r["calls"]) for r in answered), len(answered)),
     }
 
 
@@ -154,13 +158,15 @@ def main() -> None:
 
     print(f"\n{label}: tool_choice={args.tool_choice}, parallel_tool_calls={args.parallel_tool_calls}, "
           f"temperature={args.temperature}, max_tokens={args.max_tokens}, {elapsed:.0f} s")
-    print("| category | cases | HTTP errors | with calls | calls parse | name offered | schema-valid | AST accuracy | latency p50 / p90 | completion tokens |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| category | cases | HTTP errors | with calls | calls parse | name offered | schema-valid | AST accuracy | cut by length | several calls "
+          "| a call repeated | latency p50 / p90 | completion tokens |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in summaries:
         latency = "-" if s["latency_p50_s"] is None else f"{s['latency_p50_s']:.2f} / {s['latency_p90_s']:.2f} s"
         tokens = "-" if s["completion_tokens_mean"] is None else f"{s['completion_tokens_mean']:.0f}"
         print(f"| {s['category']} | {s['cases']} | {s['http_errors']} | {fmt_percent(s['with_calls'])} | {fmt_percent(s['parse'])} | "
-              f"{fmt_percent(s['offered'])} | {fmt_percent(s['schema_valid'])} | {fmt_percent(s['ast_accuracy'])} | {latency} | {tokens} |")
+              f"{fmt_percent(s['offered'])} | {fmt_percent(s['schema_valid'])} | {fmt_percent(s['ast_accuracy'])} | {fmt_percent(s['finish_length'])} | "
+              f"{fmt_percent(s['several_calls'])} | {fmt_percent(s['repeated_calls'])} | {latency} | {tokens} |")
     out = Path(args.out or f".bench/bfcl-{label.replace('/', '_')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"label": label, "args": vars(args), "summaries": summaries, "results": details}, indent=1))

@@ -46,6 +46,7 @@ class TurnMatcher:
         self._steps = [_Step(configs, 0, (), len(turn.format.prefix.encode()) if structured else None)]
         self._text = bytearray()
         self._terminated = False
+        self._max_tokens: int | None = None  # the budget of the last mask: accept_token decides as that mask did
 
     @property
     def configs(self) -> frozenset[Config]:
@@ -84,8 +85,14 @@ class TurnMatcher:
             return False
         if self._repeats_a_call():
             self.rollback(1)
-            return False
+            if self._repeat_is_refused():
+                return False
+            self._advance(data)
         return True
+
+    def _repeat_is_refused(self) -> bool:
+        """A repeat is refused only where something else is allowed (the mask is never empty, and agrees)."""
+        return bool(self._without_repeats(self._budget_mask(self._max_tokens)).any())
 
     def _advance(self, data: bytes) -> bool:
         previous = self._steps[-1]
@@ -127,14 +134,18 @@ class TurnMatcher:
     def next_token_bitmask(self, max_tokens: int | None = None) -> np.ndarray:
         if self._terminated:
             return self.turn.vocabulary.eos_bitmask
+        mask = self._budget_mask(max_tokens)
+        distinct = self._without_repeats(mask)
+        return distinct if distinct is mask or distinct.any() else mask  # only a repeat fits: better than nothing
+
+    def _budget_mask(self, max_tokens: int | None) -> np.ndarray:
         if max_tokens is None:
-            mask = self.turn.token_bitmask(self.configs)
-        else:
-            mask = self.turn.token_bitmask_within(self.configs, max(max_tokens - 1, 0))
-        return self._without_repeats(mask)
+            return self.turn.token_bitmask(self.configs)
+        return self.turn.token_bitmask_within(self.configs, max(max_tokens - 1, 0))
 
     def fill_next_token_bitmask(self, bitmask: Any, index: int = 0, max_tokens: int | None = None) -> None:
         """Write the allowed tokens into row `index` of a `(batch, ceil(V/32))` int32 bitmask."""
+        self._max_tokens = max_tokens
         write_bitmask_row(bitmask, index, self.next_token_bitmask(max_tokens))
 
     def forced_bytes(self) -> bytes:

@@ -392,7 +392,7 @@ class Engine:
         """The request's own changes, before the grammar's mask (which always has the last word): logit_bias, the
         call-opening bias, and min_tokens holding back the end of a free-text turn."""
         for i, seq in enumerate(rows):
-            bias = seq.request.logit_bias + _call_opening_bias(seq)
+            bias = seq.request.logit_bias + _call_opening_bias(seq) + self._end_bias(seq)
             if bias:
                 ids, values = zip(*bias)
                 # index_add_, not `+=`: a token listed in both biases gets both.
@@ -400,6 +400,11 @@ class Engine:
         early = [i for i, seq in enumerate(rows) if seq.matcher is None and len(seq.output_ids) < seq.request.min_tokens]
         if early:
             logits[torch.tensor(early, device=logits.device)[:, None], self._eos_ids.to(logits.device)] = float("-inf")
+
+    def _end_bias(self, seq: Sequence) -> tuple[tuple[int, float], ...]:
+        if not seq.request.end_bias or seq.matcher is None or not seq.output_ids or not seq.matcher.is_complete():
+            return ()
+        return tuple((eos, seq.request.end_bias) for eos in sorted(self._eos))
 
     def _advance(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> None:
         """Take one sampled token, then any forced tokens; emit them; finish if a stop condition holds."""

@@ -125,6 +125,8 @@ async def plan_chat(serving: ServingState, config: ServerConfig, metrics: Server
     top = req.top_logprobs or 0
     auto_tool_bias = options.auto_tool_bias if options.auto_tool_bias is not None else (
         config.auto_tool_bias if config.auto_tool_bias is not None else serving.profile.auto_tool_bias)
+    end_bias = options.end_bias if options.end_bias is not None else serving.profile.end_bias
+    end_bias = end_bias if tools and choice.mode in ("auto", "required") and guided is None else 0.0
     # The bias is for the decision to act on a user's request; after a tool result the model should answer from it
     # (biased there, SmolLM2 calls the same tool again).
     answers_user = messages[-1]["role"] == "user"
@@ -133,7 +135,7 @@ async def plan_chat(serving: ServingState, config: ServerConfig, metrics: Server
         EngineRequest(random_id("req-", 16), prompt_ids, _sampling(req, i, bool(req.logprobs), top, serving.sampling_defaults),
                       max_tokens=max_tokens, min_tokens=_min_tokens(req, max_tokens), logit_bias=bias, call_opening=opening,
                       call_opening_bias=auto_tool_bias, stop=_stops(req), grammar=grammar, jump_forward=options.jump_forward,
-                      close_within_budget=options.close_within_budget)
+                      close_within_budget=options.close_within_budget, end_bias=end_bias)
         for i in range(req.n)
     ]
     return Plan(requests, output, bool(req.logprobs), len(prompt_ids), [prompt.text], unenforced=unenforced)

@@ -108,6 +108,8 @@ class StrictcallOptions(_Forbid):
     constrained: bool = True
     jump_forward: bool | None = None
     auto_tool_bias: float | None = Field(default=None, ge=-100, le=100)
+    # A bias on ending the turn after a complete call (see `EngineRequest.end_bias`); None: the model's profile.
+    end_bias: float | None = Field(default=None, ge=-100, le=100)
     # A turn may repeat a call it already made (same name, same arguments); by default it may not.
     allow_repeated_calls: bool = False
     # Tokens that keep the turn completable within max_tokens only; off: the budget may cut a call short.

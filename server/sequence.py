@@ -32,6 +32,9 @@ class EngineRequest:
     # output so far is a prefix of them: > 0 moves the model's choice between answering and calling toward calling.
     call_opening: tuple[int, ...] = ()
     call_opening_bias: float = 0.0
+    # Tool turns: a bias on end-of-sequence wherever the turn may end after a complete call: > 0 makes a model that
+    # goes on calling (SmolLM2 writes another call after the one the request asked for) stop there.
+    end_bias: float = 0.0
     stop: tuple[str, ...] = ()
     grammar: Grammar | None = None
     jump_forward: bool | None = None  # None: the engine's setting

@@ -310,3 +310,23 @@ def test_a_row_whose_grammar_raises_fails_alone(tiny_llama, smollm2_vocabulary, 
     assert engine.stats.num_row_errors == 1
     for r in requests[1:]:  # the others finish, with exactly what they produce alone
         assert results[r.request_id][-1].finish_reason in ("stop", "length") and output_ids(results[r.request_id]) == alone[r.request_id]
+
+
+def test_end_bias_moves_the_turn_toward_ending_after_a_complete_call(tiny_llama, smollm2_vocabulary, smollm2_tokenizer) -> None:
+    """A large end bias ends every turn at its first complete call; a negative one keeps turns calling."""
+    turn = ToolGrammarCompiler(GrammarCompiler(smollm2_vocabulary), GENERIC).compile_turn(specs(TOOLS), "required")
+
+    def calls_per_turn(end_bias: float) -> list[int]:
+        requests = [EngineRequest(f"r{seed}", prompts(smollm2_tokenizer)[seed % 3], SamplingParams(temperature=1.0, seed=seed),
+                                  max_tokens=160, grammar=turn, end_bias=end_bias) for seed in range(6)]
+        results = run(make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer), requests)
+        counts = []
+        for events in results.values():
+            _, calls = GENERIC.parse_tool_calls(text(events))
+            for call in calls:
+                jsonschema.validate(call.arguments, SCHEMAS[call.name])
+            counts.append(len(calls))
+        return counts
+
+    assert calls_per_turn(100.0) == [1] * 6
+    assert max(calls_per_turn(-100.0)) > 1
