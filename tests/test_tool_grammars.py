@@ -432,3 +432,22 @@ def test_a_call_forced_in_full_cannot_start_again(compilers, vocabulary: Vocabul
     assert matcher.accept_bytes(GENERIC.render_calls([ToolCall("get_time", {})]).encode() + b"\n")
     allowed = set(unpack_token_bitmask(matcher.next_token_bitmask(), vocabulary.vocab_size).tolist())
     assert allowed == set(vocabulary.eos_token_ids)
+
+
+def test_where_the_budget_leaves_only_a_repeat_the_mask_still_allows_it(compilers, vocabulary: Vocabulary) -> None:
+    """A second call whose only ending within the tokens left repeats the first: the mask is then the repeat's tokens,
+    never empty (an empty mask failed BFCL multiple_125), and accept_token agrees with it; with room, the repeat is
+    refused again."""
+    zone = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {
+        "zone": {"enum": ["UTC", "Europe/Amsterdam"]}}, "required": ["zone"]}}}
+    matcher = compilers["generic"].compile_turn(specs([zone]), "required").new_matcher()
+    call = GENERIC.render_calls([ToolCall("get_time", {"zone": "UTC"})])
+    assert matcher.accept_bytes(call.encode() + b'\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "')
+    rest = b'UTC"}}\n</tool_call>'
+    allowed = unpack_token_bitmask(matcher.next_token_bitmask(len(rest) + 1), vocabulary.vocab_size)
+    assert len(allowed) and all(rest.startswith(vocabulary.token_bytes[t]) for t in allowed)
+    roomy = unpack_token_bitmask(matcher.next_token_bitmask(), vocabulary.vocab_size)
+    assert len(roomy) and all(b"Europe/Amsterdam".startswith(vocabulary.token_bytes[t]) for t in roomy)
+    bitmask = np.zeros((1, vocabulary.num_words), dtype=np.int32)
+    matcher.fill_next_token_bitmask(bitmask, 0, len(rest) + 1)
+    assert matcher.accept_token(int(allowed[0]))
