@@ -48,7 +48,7 @@ def _run(model: Path, **parallel: int) -> None:
         for mode in ("required", "named", "auto"):
             choice = {"type": "function", "function": {"name": "get_time"}} if mode == "named" else mode
             turn = ToolTurn(llm, TOOLS, choice, parallel_tool_calls=False, auto_tool_bias=30.0)
-            for content, calls in turn.chat([{"role": "user", "content": "What is the weather in Paris?"}], max_tokens=200, temperature=1.0,
+            for _content, calls in turn.chat([{"role": "user", "content": "What is the weather in Paris?"}], max_tokens=200, temperature=1.0,
                                             n=4, seed=3):
                 assert len(calls) <= 1
                 for call in calls:

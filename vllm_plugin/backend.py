@@ -19,7 +19,7 @@ that turn, one compile cache per engine; any other structured-output request get
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from vllm.v1.structured_output.backend_types import StructuredOutputBackend, StructuredOutputGrammar, StructuredOutputOptions
@@ -40,7 +40,8 @@ class StrictcallBackend(StructuredOutputBackend):
 
     def compile_grammar(self, request_type: StructuredOutputOptions, grammar_spec: str, stop_token_ids: set[int] | None = None) -> StructuredOutputGrammar:
         if request_type == StructuredOutputOptions.STRUCTURAL_TAG and is_turn_spec(grammar_spec):
-            return self.turns.compile(grammar_spec, stop_token_ids)  # type: ignore[return-value]
+            # Duck-typed: vLLM calls the methods of its abstract grammar, and checks no type at run time.
+            return cast(StructuredOutputGrammar, self.turns.compile(grammar_spec, stop_token_ids))
         if self.delegate is None:
             raise ValueError(f"no structured-output backend for a {request_type.name} request (vLLM's own was not created)")
         return self.delegate.compile_grammar(request_type, grammar_spec, stop_token_ids=stop_token_ids)

@@ -21,12 +21,10 @@ from vllm import SamplingParams
 from vllm.sampling_params import StructuredOutputsParams
 
 from strictcall.grammars import ToolCallFormat
-from strictcall.vllm.output import ReadCall, auto_tool_bias, model_format, read_turn
 from strictcall.vllm.grammar import process_compiler
+from strictcall.vllm.output import CHOICE_KWARG, ReadCall, auto_tool_bias, model_format, read_turn
 from strictcall.vllm.tool_parser import BIAS_ARG, OPENING_ARG
 from strictcall.vllm.turn_spec import TurnSpec, compile_turn_spec, turn_spec_from_request
-
-from strictcall.vllm.output import CHOICE_KWARG
 
 
 class ToolTurn:
@@ -68,8 +66,8 @@ class ToolTurn:
 
     def chat(self, messages: list[dict[str, Any]] | Sequence[list[dict[str, Any]]], **kwargs: Any) -> list[tuple[str, list[ReadCall]]]:
         """`LLM.chat` with this turn's constraint; per conversation (and choice), (content, complete calls)."""
-        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)  # type: ignore[list-item]
-        params = [self.sampling_params(answers_user=c[-1].get("role") == "user", **kwargs) for c in conversations]  # type: ignore[union-attr]
+        conversations: list[Any] = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        params = [self.sampling_params(answers_user=c[-1].get("role") == "user", **kwargs) for c in conversations]
         outputs = self.llm.chat(conversations, params, tools=self.tools, use_tqdm=False,
                                 chat_template_kwargs={CHOICE_KWARG: self.spec.choice.mode})
         return [self.read(o.text) for out in outputs for o in out.outputs]

@@ -72,7 +72,7 @@ def _patch_validation() -> None:
         return None
 
     setattr(validate, _PATCHED, True)
-    SamplingParams._validate_structured_outputs = validate  # type: ignore[method-assign]
+    setattr(SamplingParams, "_validate_structured_outputs", validate)  # noqa: B010 (a method is replaced)
 
 
 def _patch_grammar_init() -> None:
@@ -107,4 +107,4 @@ def _patch_grammar_init() -> None:
         return original(self, request)
 
     setattr(grammar_init, _PATCHED, True)
-    StructuredOutputManager.grammar_init = grammar_init  # type: ignore[method-assign]
+    setattr(StructuredOutputManager, "grammar_init", grammar_init)  # noqa: B010 (a method is replaced)

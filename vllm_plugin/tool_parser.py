@@ -153,7 +153,7 @@ def _turn_body(request: ChatCompletionRequest) -> dict[str, Any]:
         "tools": [{"type": "function", "function": {k: v for k, v in t.function.model_dump().items()
                                                     if k in ("name", "description", "parameters", "strict") and v is not None}}
                   for t in request.tools or []],
-        "tool_choice": request.tool_choice.model_dump() if hasattr(request.tool_choice, "model_dump") else request.tool_choice,
+        "tool_choice": request.tool_choice if request.tool_choice is None or isinstance(request.tool_choice, str) else request.tool_choice.model_dump(),
         "parallel_tool_calls": request.parallel_tool_calls,
         "response_format": request.response_format.model_dump(by_alias=True, exclude_none=True) if request.response_format is not None else None,
         "structured_outputs": None if so is None else {k: getattr(so, k) for k in ("json", "regex", "choice", "grammar", "json_object", "structural_tag")},
