@@ -133,8 +133,8 @@ def throughput(base: str, root: Path, levels: list[int]) -> list[dict[str, Any]]
         offset += count
 
         async def go(batch: list[tuple[str, dict[str, Any]]] = batch, clients: int = clients) -> dict[str, Any]:
-            client = AsyncOpenAI(base_url=base, api_key="unused", timeout=900, max_retries=0)
-            results, wall = await serve_load.run_level(client, batch, clients)
+            async with AsyncOpenAI(base_url=base, api_key="unused", timeout=900, max_retries=0) as client:
+                results, wall = await serve_load.run_level(client, batch, clients)
             return serve_load.summarize(results, wall)
 
         out.append({"clients": clients, **asyncio.run(go())})

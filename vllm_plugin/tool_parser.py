@@ -82,9 +82,13 @@ class StrictcallToolParser(ToolParser):
         if so is not None and is_turn_spec(so.structural_tag):
             return request  # already ours (the request object is adjusted once per parser)
         try:
-            compile_turn_spec(process_compiler(self.model_tokenizer, self.format.name), spec)
+            turn = compile_turn_spec(process_compiler(self.model_tokenizer, self.format.name), spec)
         except APIError as error:
             raise validation_error(error) from None
+        for part, index, pointer, keyword in turn.unenforced:
+            # strictcall's server also sends these in a response header; vLLM's serving layer has no hook for that.
+            field = f"tools[{index}].function.parameters" if part == "tools" else "response_format.json_schema.schema"
+            logger.info("strictcall: %s%s: keyword %r is not enforced (the tool is not strict)", field, pointer, keyword)
         request.structured_outputs = StructuredOutputsParams(structural_tag=spec.to_json())
         request.response_format = None
         self._bias(request, spec, options)
