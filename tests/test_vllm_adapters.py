@@ -82,6 +82,8 @@ def test_requests_without_a_call_to_make_stay_vllms() -> None:
     ({"tools": [WEATHER], "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format.json_schema"),
     ({"tools": [{"type": "function", "function": {"name": "big", "parameters": {"type": "object", "description": "x" * 70_000}}}]},
      "tools[0].function.parameters"),
+    ({"tools": [WEATHER, {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": []}}}]},
+     "tools[1].function.parameters"),
 ])
 def test_bad_requests_are_400s_naming_the_field(body: dict, param: str) -> None:
     with pytest.raises(APIError) as caught:

@@ -150,7 +150,7 @@ def test_the_tool_prompt_is_strictcalls(client) -> None:
         response = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice=choice, max_tokens=1,
                                                   extra_body={"return_token_ids": True})
         tokenizer = AutoTokenizer.from_pretrained(str(converted_gguf_dir(resolve_model(None))))
-        expected = render_prompt(tokenizer, get_format("generic"), ASK, TOOLS, mode)
+        expected = render_prompt(tokenizer, get_format("generic"), ASK, TOOLS, mode).text
         assert tokenizer.decode(response.model_extra["prompt_token_ids"]) == expected
 
 
@@ -196,6 +196,8 @@ def test_bad_requests_are_400s_naming_the_field(client) -> None:
         ({"tools": TOOLS + [unique], "tool_choice": "required"}, "tools[2].function.parameters"),
         ({"tools": TOOLS, "tool_choice": "required", "extra_body": {"structured_outputs": {"regex": "a+"}}}, "structured_outputs.regex"),
         ({"tools": TOOLS, "extra_body": {"strictcall": {"colour": "red"}}}, "strictcall"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": []}}}]},
+         "tools[0].function.parameters"),
     ]
     for body, param in cases:
         with pytest.raises(openai.BadRequestError) as caught:

@@ -20,8 +20,10 @@ from typing import Any
 from vllm.exceptions import VLLMValidationError
 from vllm.renderers.hf import HfRenderer
 
+from strictcall.server.errors import APIError
 from strictcall.server.prompt import PromptError, render_messages
 from strictcall.vllm.output import CHOICE_KWARG, model_format
+from strictcall.vllm.turn_spec import check_request_schema
 
 
 def tool_choice_mode(tool_choice: Any) -> str:
@@ -47,8 +49,13 @@ class StrictcallRenderer(HfRenderer):
         fmt = model_format(params.chat_template or getattr(tokenizer, "chat_template", None))
         if fmt.tools_in_template:
             return messages, replace(params, chat_template_kwargs={**kwargs, "tools": tools})
+        tools = _without_nones(tools)
         try:
-            rendered, _ = render_messages(fmt, [dict(m) for m in messages], _without_nones(tools), mode, tool_role)
+            for i, tool in enumerate(tools):  # the tool prompt reads the schemas: they must be schemas
+                check_request_schema(tool["function"].get("parameters") or {}, f"tools[{i}].function.parameters")
+            rendered, _ = render_messages(fmt, [dict(m) for m in messages], tools, mode, tool_role)
+        except APIError as error:
+            raise VLLMValidationError(error.message, parameter=error.param) from None
         except PromptError as error:
             raise VLLMValidationError(str(error), parameter=error.param) from None
         return rendered, replace(params, chat_template_kwargs=kwargs)

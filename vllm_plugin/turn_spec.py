@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from strictcall.grammars import AnswerSpec, ToolChoice, ToolGrammarCompiler, ToolSpec, TurnError, TurnGrammar
+from strictcall.grammars import AnswerSpec, InvalidSchemaError, ToolChoice, ToolGrammarCompiler, ToolSpec, TurnError, TurnGrammar, check_schema
 from strictcall.server.errors import APIError, api_error, bad_request
 from strictcall.server.protocol import ResponseFormat, ToolDefinition, parse_request, tool_choice, tool_specs
 
@@ -107,7 +107,7 @@ def turn_spec_from_request(body: dict[str, Any], format: str) -> TurnSpec | None
     if not tools or choice.mode == "none":
         return None
     for i, tool in enumerate(tools):
-        _check_schema_size(tool.parameters, f"tools[{i}].function.parameters")
+        check_request_schema(tool.parameters, f"tools[{i}].function.parameters")
     constraint = next((name for name in ("json", "regex", "choice", "grammar", "json_object", "structural_tag") if constraints.get(name)), None)
     if constraint is not None:
         param = f"structured_outputs.{constraint}"
@@ -126,14 +126,23 @@ def _answer(response_format: ResponseFormat | None) -> AnswerSpec | None:
     spec = response_format.json_schema
     if spec is None or spec.schema_ is None:
         raise bad_request("response_format json_schema needs json_schema.schema", "response_format.json_schema", "missing_required_parameter")
-    _check_schema_size(spec.schema_, "response_format.json_schema.schema")
+    check_request_schema(spec.schema_, "response_format.json_schema.schema")
     return AnswerSpec(spec.schema_, spec.strict is True)
 
 
-def _check_schema_size(schema: Any, param: str) -> None:
+def check_request_schema(schema: Any, param: str) -> None:
+    """Within the size limit, and a JSON Schema at all (before the tool prompt or a grammar reads it).
+
+    Raises:
+        APIError: 400 naming `param`.
+    """
     size = len(json.dumps(schema, ensure_ascii=False))
     if size > MAX_SCHEMA_BYTES:
         raise bad_request(f"{param}: the schema has {size} bytes; at most {MAX_SCHEMA_BYTES} are compiled", param, "schema_too_large")
+    try:
+        check_schema(schema)
+    except InvalidSchemaError as error:
+        raise bad_request(f"{param}: {error}", param) from None
 
 
 def compile_turn_spec(compiler: ToolGrammarCompiler, spec: TurnSpec) -> TurnGrammar:
