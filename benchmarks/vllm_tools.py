@@ -60,7 +60,7 @@ def server_command(name: str, port: int, main_venv: Path) -> list[str]:
 
     if name == "strictcall":
         return [str(main_venv / "bin" / "strictcall"), "serve", "--port", str(port), "--max-batch-size", "16"]
-    vllm_flags = ["--port", str(port), "--dtype", "float32", "--max-model-len", "4096", "--max-num-seqs", "16"]
+    vllm_flags = ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "4096", "--max-num-seqs", "16"]
     if name == "strictcall-vllm":
         return build_command(vllm_flags, cuda=False)[0]
     # The peer: vLLM's hermes parser with structural tags for every tool, strictcall's prompt, the same sampling defaults.

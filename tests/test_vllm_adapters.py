@@ -8,6 +8,7 @@ back as calls that name an offered tool and validate.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from pathlib import Path
@@ -262,14 +263,14 @@ def test_the_command_configures_vllm_and_keeps_the_users_flags(monkeypatch) -> N
     assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert command[command.index("--model") + 1] == str(converted_gguf_dir(resolve_model(None)))
     assert command[command.index("--served-model-name") + 1] == "SmolLM2-135M-Instruct"
-    for flag, value in (("--tool-call-parser", "strictcall"), ("--tokenizer-mode", "strictcall"), ("--logits-processors", cli.V1_BIAS)):
+    for flag, value in (("--host", "127.0.0.1"), ("--tool-call-parser", "strictcall"), ("--tokenizer-mode", "strictcall"), ("--logits-processors", cli.V1_BIAS)):
         assert command[command.index(flag) + 1] == value
     assert "--enable-auto-tool-choice" in command
     assert json.loads(command[command.index("--override-generation-config") + 1]) == {"temperature": 0.2, "top_p": 0.9}
     assert command[-4:] == ["--port", "8123", "--tensor-parallel-size", "2"]
     assert env["VLLM_CPU_OMP_THREADS_BIND"].count("|") == 1
-    gpu, _ = cli.build_command(["--logits-processors", "mine:Mine", "--tool-call-parser", "hermes"], cuda=True)
-    assert gpu.count("--logits-processors") == 1 and gpu.count("--tool-call-parser") == 1
+    gpu, _ = cli.build_command(["--logits-processors", "mine:Mine", "--tool-call-parser", "hermes", "--host", "0.0.0.0"], cuda=True)
+    assert gpu.count("--logits-processors") == 1 and gpu.count("--tool-call-parser") == 1 and gpu.count("--host") == 1
     assert cli.build_command([], cuda=True)[0].count(cli.V2_BIAS) == 1
     assert "--logits-processors" not in cli.build_command(["--speculative-config", "{}"], cuda=False)[0]
 
@@ -282,4 +283,6 @@ def test_the_command_takes_the_model_forms_strictcall_serve_takes(tmp_path: Path
     assert command[command.index("--model") + 1] == str(model_dir) and "--served-model-name" not in command
     assert "--override-generation-config" not in command  # only the embedded model has a profile's sampling
     assert cli.main([str(tmp_path / "missing")]) == 2
+    if importlib.util.find_spec("vllm") is None:
+        assert cli.main([str(model_dir)]) == 2  # says how to get vLLM instead of failing in exec
     assert cli.cpu_thread_binding(2, [0, 1]) == "0|1" and cli.cpu_thread_binding(2, [0, 1, 2, 3]) == "0-1|2-3"

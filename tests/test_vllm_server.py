@@ -53,7 +53,7 @@ def server():
     log = tempfile.NamedTemporaryFile("w+", prefix="strictcall-vllm-", suffix=".log", delete=False)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     env = {k: v for k, v in env.items() if not k.startswith("STRICTCALL_") or k == "STRICTCALL_CACHE_DIR"}
-    process = subprocess.Popen([str(script), "--port", str(port), "--max-model-len", "2048", "--max-num-seqs", "8"],
+    process = subprocess.Popen([str(script), "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048", "--max-num-seqs", "8"],
                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tempfile.gettempdir())
     base = f"http://127.0.0.1:{port}"
     try:

