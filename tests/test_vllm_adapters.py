@@ -263,7 +263,8 @@ def test_the_command_configures_vllm_and_keeps_the_users_flags(monkeypatch) -> N
     assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert command[command.index("--model") + 1] == str(converted_gguf_dir(resolve_model(None)))
     assert command[command.index("--served-model-name") + 1] == "SmolLM2-135M-Instruct"
-    for flag, value in (("--host", "127.0.0.1"), ("--tool-call-parser", "strictcall"), ("--tokenizer-mode", "strictcall"), ("--logits-processors", cli.V1_BIAS)):
+    expected = {"--host": "127.0.0.1", "--tool-call-parser": "strictcall", "--tokenizer-mode": "strictcall", "--logits-processors": cli.V1_BIAS}
+    for flag, value in expected.items():
         assert command[command.index(flag) + 1] == value
     assert "--enable-auto-tool-choice" in command
     assert json.loads(command[command.index("--override-generation-config") + 1]) == {"temperature": 0.2, "top_p": 0.9}
