@@ -8,8 +8,12 @@ skipped elsewhere. One server for the module: a vLLM start costs 1-3 minutes her
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,6 +41,7 @@ TOOLS = [
 SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 CHOICES = ["auto", "required", {"type": "function", "function": {"name": "get_time"}}]
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _free_port() -> int:
@@ -223,3 +228,41 @@ def test_bfcl_cases_give_valid_calls(client, data_dir: Path) -> None:
             jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
         if response.choices[0].finish_reason != "length":
             assert len(response.choices[0].message.tool_calls) == 1
+
+
+# ----- the README's client examples, against strictcall on vLLM -----
+
+
+def _readme_block(language: str, marker: str, base: str) -> str:
+    blocks = [b for b in re.findall(f"```{language}\n(.*?)```", README.read_text(), re.S) if marker in b]
+    assert len(blocks) == 1, f"README.md should have one {language} block with {marker!r}"
+    return blocks[0].replace("http://127.0.0.1:8000", base)
+
+
+def _run_python(code: str) -> list[str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+    return out.getvalue().splitlines()
+
+
+def test_readme_curl_example(server) -> None:
+    result = subprocess.run(["bash", "-c", _readme_block("bash", "curl -s", server["base"])], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    message = json.loads(result.stdout)["choices"][0]["message"]
+    assert message["tool_calls"] and all(c["function"]["name"] == "get_weather" for c in message["tool_calls"])
+    for call in message["tool_calls"]:
+        jsonschema.validate(json.loads(call["function"]["arguments"]), TIME)
+
+
+def test_readme_openai_example(server) -> None:
+    [arguments] = _run_python(_readme_block("python", "from openai import OpenAI", server["base"]))
+    jsonschema.validate(json.loads(arguments), TIME)
+
+
+def test_readme_langchain_example(server) -> None:
+    pytest.importorskip("langchain_openai")
+    calls, city = _run_python(_readme_block("python", "langchain_openai", server["base"]))
+    calls = ast.literal_eval(calls)
+    assert calls and all(c["name"] == "GetWeather" and isinstance(c["args"]["city"], str) for c in calls)
+    assert re.fullmatch(r"name='[^']*' country='[^']*'", city), city
