@@ -287,3 +287,26 @@ def test_the_command_takes_the_model_forms_strictcall_serve_takes(tmp_path: Path
     if importlib.util.find_spec("vllm") is None:
         assert cli.main([str(model_dir)]) == 2  # says how to get vLLM instead of failing in exec
     assert cli.cpu_thread_binding(2, [0, 1]) == "0|1" and cli.cpu_thread_binding(2, [0, 1, 2, 3]) == "0-1|2-3"
+
+
+def test_a_budget_closes_the_call_in_time(turns: TurnCompiler, smollm2_tokenizer) -> None:
+    """With the request's budget set (as the plugin sets it in the engine core) to at least the shortest call in bytes,
+    a random walk ends with a whole call."""
+    rng = np.random.default_rng(3)
+    spec = spec_of([WEATHER], "required", False, format="hermes")
+    vocabulary = turns.grammars("hermes").vocabulary
+    for extra in (0, 20):
+        grammar = turns.compile(spec.to_json(), stop_token_ids={2})
+        budget = grammar.matcher.min_bytes_to_end() + extra  # every byte is a token: the bound the mask keeps to
+        grammar.budget = budget
+        bitmask = torch.full((1, 49152 // 32), -1, dtype=torch.int32)
+        tokens: list[int] = []
+        while not grammar.is_terminated() and len(tokens) < budget:
+            grammar.fill_bitmask(bitmask, 0)
+            token = int(rng.choice(unpack_token_bitmask(bitmask[0].numpy(), 49152)))
+            assert grammar.accept_tokens("r", [token])
+            tokens.append(token)
+        assert grammar.tokens_left() == budget - len(tokens)
+        content, calls = read_turn(turns.grammars("hermes").format, vocabulary.bytes_of(tokens).decode(), spec.tool_names)
+        assert len(calls) == 1, (budget, vocabulary.bytes_of(tokens))
+        jsonschema.validate(json.loads(calls[0].arguments), WEATHER["function"]["parameters"])

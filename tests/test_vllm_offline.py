@@ -82,12 +82,28 @@ def test_random_model_turns_are_valid_in_every_mode(llm, data_dir: Path, mode: s
     assert finished_with_calls >= 3
 
 
+def test_calls_close_within_the_budget(llm) -> None:
+    """Budget-aware closing inside vLLM: max_tokens just above the shortest call in bytes, random weights at
+    temperature 1 (which never end a string by themselves): every turn still ends with one whole, valid call."""
+    from strictcall.vllm.offline import ToolTurn
+
+    turn = ToolTurn(llm, [WEATHER], "required", parallel_tool_calls=False)
+    shortest = len('<tool_call>\n{"name": "get_weather", "arguments": {"city": "", "days": 1}}\n</tool_call>'.encode())
+    outputs = llm.chat(ASK, turn.sampling_params(max_tokens=shortest + 4, temperature=1.0, n=8, seed=13), tools=[WEATHER], use_tqdm=False,
+                       chat_template_kwargs={"strictcall_tool_choice": "required"})
+    for choice_output in outputs[0].outputs:
+        content, calls = turn.read(choice_output.text)
+        assert choice_output.finish_reason == "stop" and len(calls) == 1, choice_output.text
+        _check(calls, [WEATHER], "required", False, None)
+
+
 def test_the_bias_opens_calls_in_auto(llm) -> None:
     from strictcall.vllm.offline import ToolTurn
 
     def calls_opened(bias: float) -> int:
         turn = ToolTurn(llm, [WEATHER, TIME], "auto", auto_tool_bias=bias)
-        outputs = turn.chat(ASK, max_tokens=8, temperature=1.0, n=16, seed=5)
+        # Room for a whole call: with budget-aware closing a call that cannot end within max_tokens never opens.
+        outputs = turn.chat(ASK, max_tokens=100, temperature=1.0, n=16, seed=5)
         return sum(1 for content, calls in outputs if not content.strip())  # the text went into a call
 
     # A random model almost never writes "<tool_call>" by itself; a large bias makes every turn start one.

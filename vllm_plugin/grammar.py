@@ -4,6 +4,9 @@ engine-level compiler that builds them from turn specs (one compile cache per en
 No vLLM import here: vLLM only calls these methods (it types them by its abstract classes, but checks none at
 run time), so the adapters are tested without vLLM; `backend.py` puts them behind vLLM's backend interface.
 
+With a `budget` (the request's tokens in all, set by the plugin in the engine core), masks are strictcall's
+budget-aware ones: a turn that can still end complete within the tokens left always does (calls arrive whole).
+
 Invariant: the mask `fill_bitmask` writes and the tokens `accept_tokens` takes agree exactly as the matcher's
 do, with one mapping on top: the request's own stop tokens (`stop_token_ids`, what vLLM stops on) are the
 turn's end, in place of the vocabulary's end-of-turn ids. `validate_tokens` never moves the matcher, and
@@ -50,6 +53,9 @@ class MatcherGrammar:
             self._remap = (~vocabulary.eos_bitmask, _pack(sorted(ends), vocabulary.num_words))
         self._steps = 0  # tokens accepted (rollback's unit)
         self._terminated = False
+        # The tokens the request may emit in all (max_tokens and the context), when known: masks then take only
+        # tokens after which the turn can still end within what is left (strictcall's budget-aware closing).
+        self.budget: int | None = None
 
     def accept_tokens(self, request_id: str, tokens: list[int]) -> bool:
         """Advance by the tokens vLLM sampled; False (and a log line) at the first one the grammar refuses.
@@ -98,13 +104,17 @@ class MatcherGrammar:
         self._steps -= num_tokens
         self._terminated = self.matcher.is_terminated()
 
+    def tokens_left(self) -> int | None:
+        """Tokens the request may still emit, this one included (None: no budget known)."""
+        return None if self.budget is None else max(self.budget - self._steps, 0)
+
     def fill_bitmask(self, bitmask: Any, idx: int) -> None:
         """Write the allowed tokens into row `idx` of vLLM's int32 bitmask (torch, on the CPU)."""
         if self._remap is None:
-            self.matcher.fill_next_token_bitmask(bitmask, idx)
+            self.matcher.fill_next_token_bitmask(bitmask, idx, self.tokens_left())
             return
         keep, ends = self._remap
-        row = self.matcher.next_token_bitmask()
+        row = self.matcher.next_token_bitmask(self.tokens_left())
         may_end = self.matcher.is_accepting()
         out = (row & keep) | ends if may_end else row & keep
         target = bitmask[idx]

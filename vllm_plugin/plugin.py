@@ -6,7 +6,8 @@ vLLM's own Hugging Face tokenizer (`--tokenizer-mode strictcall`); and it instal
 - in the API process, `SamplingParams._validate_structured_outputs` lets a strictcall turn spec through (the
   tool parser compiled it already; xgrammar's validator would refuse a structural tag it does not know);
 - in the engine core, `StructuredOutputManager.grammar_init` makes the engine's backend a `StrictcallBackend`,
-  which compiles turn specs and hands any other request to the backend vLLM creates for it (xgrammar by default).
+  which compiles turn specs and hands any other request to the backend vLLM creates for it (xgrammar by default);
+  `_create_grammar` gives a strictcall grammar its request's token budget (budget-aware closing).
 
 Invariant: registering twice changes nothing; a request without a strictcall turn spec takes vLLM's own code
 path, unchanged; the plugin does nothing where vLLM is not installed.
@@ -108,3 +109,16 @@ def _patch_grammar_init() -> None:
 
     setattr(grammar_init, _PATCHED, True)
     setattr(StructuredOutputManager, "grammar_init", grammar_init)  # noqa: B010 (a method is replaced)
+
+    create = StructuredOutputManager._create_grammar
+
+    def create_grammar(self: Any, request: Any) -> Any:
+        grammar = create(self, request)
+        from strictcall.vllm.grammar import MatcherGrammar
+
+        if isinstance(grammar, MatcherGrammar):
+            # Set before the grammar is ready (this runs inside its compile future): the first mask already knows it.
+            grammar.budget = min(request.max_tokens, self.vllm_config.model_config.max_model_len - request.num_prompt_tokens)
+        return grammar
+
+    setattr(StructuredOutputManager, "_create_grammar", create_grammar)  # noqa: B010 (a method is replaced)
