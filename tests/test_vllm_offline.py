@@ -88,7 +88,7 @@ def test_calls_close_within_the_budget(llm) -> None:
     from strictcall.vllm.offline import ToolTurn
 
     turn = ToolTurn(llm, [WEATHER], "required", parallel_tool_calls=False)
-    shortest = len('<tool_call>\n{"name": "get_weather", "arguments": {"city": "", "days": 1}}\n</tool_call>'.encode())
+    shortest = len(b'<tool_call>\n{"name": "get_weather", "arguments": {"city": "", "days": 1}}\n</tool_call>')
     outputs = llm.chat(ASK, turn.sampling_params(max_tokens=shortest + 4, temperature=1.0, n=8, seed=13), tools=[WEATHER], use_tqdm=False,
                        chat_template_kwargs={"strictcall_tool_choice": "required"})
     for choice_output in outputs[0].outputs:
