@@ -168,11 +168,19 @@ def load_model(source: ModelSource, device: torch.device, dtype: torch.dtype) ->
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # a progress bar per start is noise in a server log
-    location = str(_converted(source)) if source.is_gguf else source.location
+    location = model_directory(source)
     model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
     model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(location)
     return model, tokenizer
+
+
+def model_directory(source: ModelSource) -> str:
+    """Where the model's Hugging Face files are (a directory, or a hub id): a GGUF is converted first, once.
+
+    Other engines (vLLM, through `strictcall-vllm`) load the same forms through this.
+    """
+    return str(_converted(source)) if source.is_gguf else source.location
 
 
 def _converted(source: ModelSource) -> Path:

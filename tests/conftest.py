@@ -141,3 +141,23 @@ def client(server):
     """The official `openai` client on that server."""
     openai = pytest.importorskip("openai")
     return openai.OpenAI(base_url=server["base"] + "/v1", api_key="unused", timeout=180, max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def random_llama_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
+    """A random-weight 2-layer Llama with SmolLM2's tokenizer, saved as a model directory (vLLM loads models from disk).
+
+    4 attention heads and 2 KV heads of 64 dimensions: they split for tensor parallel 2 (SmolLM2's 9 heads do not),
+    and 2 layers split for pipeline parallel 2. With random weights the grammar does all the work.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=smollm2_tokenizer.bos_token_id,
+                         eos_token_id=smollm2_tokenizer.eos_token_id, tie_word_embeddings=False)
+    path = tmp_path_factory.mktemp("random-llama")
+    LlamaForCausalLM(config).to(torch.float32).save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
+    return path

