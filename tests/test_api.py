@@ -529,15 +529,17 @@ def test_a_compile_bomb_times_out_alone_and_leaves_nothing_behind(serving, monke
             async def send(name: str, body: dict) -> tuple[str, int]:
                 return name, (await client.post("/v1/chat/completions", json=body)).status_code
             plain = {**cached, "tools": None, "tool_choice": None}
-            return await asyncio.gather(*[send("bomb", bomb) for _ in range(4)], send("cached", cached), send("plain", plain))
+            results = await asyncio.gather(*[send("bomb", bomb) for _ in range(4)], send("cached", cached), send("plain", plain))
+            # A stopped job leaves the pool through the event loop (as in the server, whose loop runs on): wait on it.
+            deadline = time.monotonic() + 20
+            while pool._jobs and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return results
 
     results = asyncio.run(go())
     assert [status for name, status in results if name == "bomb"] == [400] * 4
     assert all(status == 200 for name, status in results if name != "bomb")
     assert queued == ["turn"] * 4  # only the bombs went to the compile pool: the cached turn and the plain chat never queue
-    deadline = time.monotonic() + 10
-    while pool._jobs and time.monotonic() < deadline:
-        time.sleep(0.05)
     assert not pool._jobs  # the four shared one job, and it was stopped, not left running
     assert serving.grammars.tool_compiler.cached_turn([ToolSpec("bomb", _ref_bomb())], "auto") is None
 
