@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from strictcall.grammars import AnswerSpec, InvalidSchemaError, ToolChoice, ToolGrammarCompiler, ToolSpec, TurnError, TurnGrammar, check_schema
 from strictcall.server.errors import APIError, api_error, bad_request
-from strictcall.server.protocol import ResponseFormat, ToolDefinition, parse_request, tool_choice, tool_specs
+from strictcall.server.protocol import ResponseFormat, ToolDefinition, answer_spec, parse_request, tool_choice, tool_specs
 
 MARKER = "strictcall_turn"
 VERSION = 1
@@ -119,15 +119,11 @@ def turn_spec_from_request(body: dict[str, Any], format: str) -> TurnSpec | None
 
 
 def _answer(response_format: ResponseFormat | None) -> AnswerSpec | None:
-    if response_format is None or response_format.type == "text":
-        return None
-    if response_format.type == "json_object":
-        return AnswerSpec({"type": "object"})
-    spec = response_format.json_schema
-    if spec is None or spec.schema_ is None:
-        raise bad_request("response_format json_schema needs json_schema.schema", "response_format.json_schema", "missing_required_parameter")
-    check_request_schema(spec.schema_, "response_format.json_schema.schema")
-    return AnswerSpec(spec.schema_, spec.strict is True)
+    """strictcall's own reading of `response_format`, with the schema checked before the engine core compiles it."""
+    answer = answer_spec(response_format)
+    if answer is not None:
+        check_request_schema(answer.schema, "response_format.json_schema.schema")
+    return answer
 
 
 def check_request_schema(schema: Any, param: str) -> None:
