@@ -55,13 +55,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(name: str, port: int, main_venv: Path) -> list[str]:
+def server_command(name: str, port: int, main_venv: Path, vllm_dtype: str = "float32") -> list[str]:
     from strictcall.server.model_loader import model_directory, resolve_model
     from strictcall.vllm.cli import build_command
 
     if name == "strictcall":
         return [str(main_venv / "bin" / "strictcall"), "serve", "--port", str(port), "--max-batch-size", "16"]
-    vllm_flags = ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "4096", "--max-num-seqs", "16"]
+    vllm_flags = ["--host", "127.0.0.1", "--port", str(port), "--dtype", vllm_dtype, "--max-model-len", "4096", "--max-num-seqs", "16"]
     if name == "strictcall-vllm":
         return build_command(vllm_flags, cuda=False)[0]
     # The peer: vLLM's hermes parser with structural tags for every tool, strictcall's prompt, the same sampling defaults.
@@ -73,12 +73,12 @@ def server_command(name: str, port: int, main_venv: Path) -> list[str]:
 class Server:
     """One server in a subprocess, ready on /health, stopped on exit."""
 
-    def __init__(self, name: str, main_venv: Path):
+    def __init__(self, name: str, main_venv: Path, vllm_dtype: str = "float32"):
         self.name = name
         self.port = _free_port()
         self.log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{name}-", suffix=".log", delete=False)
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
-        self.process = subprocess.Popen(server_command(name, self.port, main_venv), stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        self.process = subprocess.Popen(server_command(name, self.port, main_venv, vllm_dtype), stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                         cwd=tempfile.gettempdir())
         self.base = f"http://127.0.0.1:{self.port}/v1"
 

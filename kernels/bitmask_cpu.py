@@ -13,26 +13,19 @@ density 50%, kernel alone (``python benchmarks/mask_apply.py --backends`` for th
 the variable shifts do not vectorize and (1, 49152) takes 49 us. Words that allow everything are skipped, which real grammar masks (long runs of
 allowed ids) hit often.
 
-Building: the system C compiler (``cc``, needed by ``torch.compile`` on CPU too) with ``-O3 -march=native``,
-once per machine; the shared object is cached under ``~/.cache/strictcall`` (or ``set_cache_dir``'s) keyed by the source, the flags and
-the CPU, and loaded with ctypes (which releases the GIL during the call). Without a compiler
+Building: ``native.build_library`` with ``-O3 -march=native``, once per machine. Without a compiler
 ``native_kernel()`` returns None and ``bitmask.py`` uses its eager torch path, logging why.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
-from pathlib import Path
 
 import torch
+
+from .native import build_library
 
 logger = logging.getLogger(__name__)
 
@@ -87,53 +80,8 @@ _library: ctypes.CDLL | None = None
 _build_failed = False
 
 
-def _cpu_fingerprint() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-_cache_root: Path | None = None
-
-
-def set_cache_dir(directory: Path) -> None:
-    """Where the built kernel is kept (the server passes its cache directory; default ``~/.cache/strictcall``)."""
-    global _cache_root
-    _cache_root = Path(directory)
-
-
-def _cache_dir() -> Path:
-    preferred = _cache_root or Path.home() / ".cache" / "strictcall"
-    for base in (preferred, Path(tempfile.gettempdir()) / f"strictcall-{os.getuid()}"):
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-            if os.access(base, os.W_OK):
-                return base
-        except OSError:
-            continue
-    raise OSError("no writable cache directory for the native bitmask kernel")
-
-
 def _build() -> ctypes.CDLL:
-    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        raise OSError("no C compiler (cc, gcc or clang) on PATH")
-    key = hashlib.sha256("\0".join([_SOURCE, *_FLAGS, compiler, platform.machine(), _cpu_fingerprint()]).encode())
-    target = _cache_dir() / f"bitmask-{key.hexdigest()[:16]}.so"
-    if not target.exists():
-        with tempfile.TemporaryDirectory(dir=target.parent) as work:
-            source = Path(work) / "bitmask.c"
-            source.write_text(_SOURCE)
-            built = Path(work) / "bitmask.so"
-            result = subprocess.run([compiler, *_FLAGS, "-o", str(built), str(source)], capture_output=True, text=True)
-            if result.returncode != 0:
-                raise OSError(f"{compiler} failed: {result.stderr.strip()[:500]}")
-            os.replace(built, target)  # atomic: a concurrent builder never sees half a file
-    library = ctypes.CDLL(str(target))
+    library = build_library("bitmask", _SOURCE, _FLAGS)
     for name, lane, _ in _LANES.values():
         function = getattr(library, name)
         function.restype = None

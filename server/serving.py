@@ -16,7 +16,7 @@ from typing import Any
 
 from strictcall.grammars import CompilerLimits, DiskCache, GrammarCompiler, ToolCallFormat, ToolGrammarCompiler, Vocabulary, detect_format, get_format
 from strictcall.kernels import SamplingParams
-from strictcall.kernels.bitmask_cpu import set_cache_dir
+from strictcall.kernels.native import set_cache_dir
 from strictcall.server.compile_pool import CompilePool
 from strictcall.server.config import ServerConfig, cache_dir
 from strictcall.server.engine import Engine, EngineConfig
