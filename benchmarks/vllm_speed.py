@@ -147,7 +147,8 @@ def tables(report: dict[str, Any]) -> str:
     served = 1 / _median(report["decode"], "tpot_p50_s", "strictcall", 1)
     engine = report["engine_single_stream_tokens_per_s"]
     return "\n".join([
-        f"{report['date']}, {report['machine']}, load {report['load_before'][0]:.1f} before / {report['load_after'][0]:.1f} after; vLLM dtype {report['vllm_dtype']}",
+        f"{report['date']}, {report['machine']}, load {report['load_before'][0]:.1f} before / {report['load_after'][0]:.1f} after; "
+        f"vLLM dtype {report['vllm_dtype']}",
         "", "Plain decode, 128 tokens per request (medians over rounds):", "",
         markdown_table(["clients", "strictcall tok/s", "vLLM tok/s", "strictcall / vLLM", "TPOT p50 ms (ours / vLLM)"], decode_rows),
         "", "Tool calls, BFCL simple, required:", "",
