@@ -72,12 +72,13 @@ def engine_single_stream(rounds: int) -> float:
     from strictcall.grammars import Vocabulary
     from strictcall.kernels import SamplingParams
     from strictcall.server.engine import Engine
-    from strictcall.server.model_loader import load_model, resolve_device, resolve_dtype, resolve_model
+    from strictcall.server.model_loader import load_model, model_config, resolve_device, resolve_dtype, resolve_model
     from strictcall.server.model_runner import ModelRunner
     from strictcall.server.sequence import EngineRequest
 
     device = resolve_device(None)
-    model, tokenizer = load_model(resolve_model(None), device, resolve_dtype(None, device))
+    source = resolve_model(None)
+    model, tokenizer = load_model(source, device, resolve_dtype(None, device, model_config(source)))
     engine = Engine(ModelRunner(model, 16, 4096), Vocabulary.from_tokenizer(tokenizer), tokenizer)
     rates = []
     for i in range(rounds + 1):  # the first is a warm-up

@@ -24,7 +24,7 @@ from .native import build_library
 
 logger = logging.getLogger(__name__)
 
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-Wno-psabi"]
 _FIELDS = ("ln1", "wqkv", "bqkv", "wo", "bo", "ln2", "wgu", "bgu", "wdown", "bdown")
 
 
@@ -56,27 +56,45 @@ def _load() -> ctypes.CDLL:
         return _library
 
 
+def cpu_has_bf16_dot() -> bool:
+    """The CPU multiplies bf16 pairs into fp32 in one instruction (AVX512-BF16: vdpbf16ps)."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags.split()
+
+
+def config_unsupported_reason(config: Any) -> str | None:
+    """Why the native step cannot run a model of this Hugging Face config (None: it can, as far as the config says)."""
+    if getattr(config, "model_type", None) not in ("llama", "mistral", "qwen2"):
+        return f"the architecture is {getattr(config, 'model_type', None)} (the native step runs llama, mistral and qwen2)"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"the activation is {config.hidden_act}"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "the attention has a sliding window"
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim > 512 or config.num_attention_heads % config.num_key_value_heads:
+        return "the attention's shape is not supported"
+    return None
+
+
 def unsupported_reason(model: Any) -> str | None:
     """Why the native step cannot run this model (None: it can)."""
-    config = model.config
     parameter = next(model.parameters())
     if parameter.device.type != "cpu":
         return f"the model is on {parameter.device.type}"
-    if parameter.dtype != torch.float32:
-        return f"the model's dtype is {parameter.dtype} (the native step computes in fp32)"
-    if getattr(config, "hidden_act", "silu") != "silu":
-        return f"the activation is {config.hidden_act}"
+    if parameter.dtype not in (torch.float32, torch.bfloat16):
+        return f"the model's dtype is {parameter.dtype} (the native step runs fp32 and bf16 models)"
+    reason = config_unsupported_reason(model.config)
+    if reason is not None:
+        return reason
     layer = model.model.layers[0]
     attention = layer.self_attn
     if hasattr(attention, "q_norm"):
         return "the attention normalizes q and k (Qwen3)"
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        return "the attention has a sliding window"
     if not all(hasattr(layer.mlp, name) for name in ("gate_proj", "up_proj", "down_proj")):
         return "the MLP is not gate/up/down"
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    if head_dim > 512 or config.num_attention_heads % config.num_key_value_heads:
-        return "the attention's shape is not supported"
     if type(layer.input_layernorm).__name__ not in ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm"):
         return f"the norm is {type(layer.input_layernorm).__name__}"
     return None
@@ -95,6 +113,7 @@ class NativeDecoder:
         self.model = model
         self.keys, self.values = keys, values
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.dtype = next(model.parameters()).dtype  # of the matrices and the KV cache; the rest is fp32
         self.num_threads = torch.get_num_threads()
         self._held: list[torch.Tensor] = []  # keeps every tensor whose address the C side holds
         rows = []
@@ -102,32 +121,32 @@ class NativeDecoder:
             attention, mlp = layer.self_attn, layer.mlp
             wqkv, bqkv = self._pack(attention.q_proj, attention.k_proj, attention.v_proj)
             wgu, bgu = self._pack(mlp.gate_proj, mlp.up_proj)
-            fields = {
-                "ln1": layer.input_layernorm.weight, "wqkv": wqkv, "bqkv": bqkv, "wo": attention.o_proj.weight,
-                "bo": attention.o_proj.bias, "ln2": layer.post_attention_layernorm.weight, "wgu": wgu, "bgu": bgu,
-                "wdown": mlp.down_proj.weight, "bdown": mlp.down_proj.bias,
-            }  # fmt: skip
-            rows.append([self._address(fields[name]) for name in _FIELDS])
+            matrices = {"wqkv": wqkv, "wo": attention.o_proj.weight, "wgu": wgu, "wdown": mlp.down_proj.weight}
+            vectors = {"ln1": layer.input_layernorm.weight, "bqkv": bqkv, "bo": attention.o_proj.bias, "ln2": layer.post_attention_layernorm.weight,
+                       "bgu": bgu, "bdown": mlp.down_proj.bias}
+            rows.append([self._address(matrices[name]) if name in matrices else self._address(vectors[name], fp32=True) for name in _FIELDS])
         self.layer_table = torch.tensor(rows, dtype=torch.int64)
-        self.final_norm = self._hold(model.model.norm.weight)
-        self.lm_head = self._hold(model.lm_head.weight)
-        self.lm_head_bias = self._address(getattr(model.lm_head, "bias", None))
+        self.final_norm = self._address(model.model.norm.weight, fp32=True)
+        self.lm_head = self._address(model.lm_head.weight)
+        self.lm_head_bias = self._address(getattr(model.lm_head, "bias", None), fp32=True)
         scale = getattr(model.model.layers[0].self_attn, "scaling", self.head_dim**-0.5)
         self.config = _Config(
             len(model.model.layers), config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
-            self.head_dim, config.intermediate_size, self.lm_head.shape[0], float(getattr(config, "rms_norm_eps", 1e-6)),
-            float(scale), 0, keys.stride(0), keys.stride(1), keys.stride(2),
+            self.head_dim, config.intermediate_size, model.lm_head.weight.shape[0], float(getattr(config, "rms_norm_eps", 1e-6)),
+            float(scale), int(self.dtype == torch.bfloat16), keys.stride(0), keys.stride(1), keys.stride(2),
         )  # fmt: skip
+        if keys.dtype != self.dtype or not keys.is_contiguous():
+            raise ValueError("the KV cache must be contiguous and of the model's dtype")
 
-    def _hold(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.detach()
-        if not tensor.is_contiguous() or tensor.dtype != torch.float32:
-            raise ValueError("the native step needs contiguous fp32 weights")
+    def _address(self, tensor: torch.Tensor | None, fp32: bool = False) -> int:
+        """The address of a weight the C side reads: matrices as they are (views kept), vectors as fp32 copies."""
+        if tensor is None:
+            return 0
+        tensor = tensor.detach().float().contiguous() if fp32 else tensor.detach()
+        if not tensor.is_contiguous() or tensor.dtype != (torch.float32 if fp32 else self.dtype):
+            raise ValueError("the native step needs contiguous weights of the model's dtype")
         self._held.append(tensor)
-        return tensor
-
-    def _address(self, tensor: torch.Tensor | None) -> int:
-        return 0 if tensor is None else self._hold(tensor).data_ptr()
+        return tensor.data_ptr()
 
     @staticmethod
     def _pack(*linears: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -135,7 +154,7 @@ class NativeDecoder:
         weight = torch.cat([linear.weight.detach() for linear in linears])
         bias = None
         if any(linear.bias is not None for linear in linears):
-            bias = torch.cat([torch.zeros(linear.weight.shape[0]) if linear.bias is None else linear.bias.detach() for linear in linears])
+            bias = torch.cat([torch.zeros(linear.weight.shape[0], dtype=weight.dtype) if linear.bias is None else linear.bias.detach() for linear in linears])
         start = 0
         for linear in linears:
             end = start + linear.weight.shape[0]
@@ -165,13 +184,15 @@ class NativeDecoder:
         q_width = (config.num_heads + 2 * config.num_kv_heads) * config.head_dim
         per_token = config.hidden + q_width + config.num_heads * config.head_dim + 3 * config.intermediate
         size = num_tokens * per_token + num_rows * config.hidden + self.num_threads * (max_keys + num_tokens * 16)
+        if config.bf16:  # the matmul inputs rounded to bf16: two per float
+            size += (num_tokens * (config.hidden + config.num_heads * config.head_dim + config.intermediate) + num_rows * config.hidden + 1) // 2
         work = torch.empty(size, dtype=torch.float32)
         logits = torch.empty((num_rows, config.vocab), dtype=torch.float32)
         tensors = [slots, positions, hidden, cos, sin, last]
         if not all(t.is_contiguous() for t in tensors):
             raise ValueError("the native step needs contiguous inputs")
         self.library.strictcall_decode(
-            ctypes.byref(config), self.layer_table.data_ptr(), self.final_norm.data_ptr(), self.lm_head.data_ptr(), self.lm_head_bias,
+            ctypes.byref(config), self.layer_table.data_ptr(), self.final_norm, self.lm_head, self.lm_head_bias,
             self.keys.data_ptr(), self.values.data_ptr(), num_tokens, slots.data_ptr(), positions.data_ptr(),
             cos.data_ptr(), sin.data_ptr(), hidden.data_ptr(), num_rows, last.data_ptr(), logits.data_ptr(),
             work.data_ptr(), max_keys, self.num_threads,

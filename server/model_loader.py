@@ -86,11 +86,26 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """The dtype asked for, or bf16 on CUDA and fp32 on the CPU (batched bf16 rows drift from single rows there)."""
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, dtype)
+def resolve_dtype(dtype: str | None, device: torch.device, model_config: Any = None) -> torch.dtype:
+    """The dtype asked for, or the default: bf16 on CUDA; on the CPU, bf16 where the CPU multiplies bf16 pairs in
+    one instruction (AVX512-BF16) and the native CPU forward runs the model (`model_config`: its rows are bitwise
+    the same in any batch, in bf16 too), else fp32 (torch's batched bf16 rows drift from single rows)."""
+    from strictcall.kernels.decode_cpu import config_unsupported_reason, cpu_has_bf16_dot
+
+    if dtype is not None:
+        return getattr(torch, dtype)
+    if device.type == "cuda":
+        return torch.bfloat16
+    if model_config is not None and cpu_has_bf16_dot() and config_unsupported_reason(model_config) is None:
+        return torch.bfloat16
+    return torch.float32
+
+
+def model_config(source: ModelSource) -> Any:
+    """The model's Hugging Face config (a GGUF is converted first, once)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_directory(source))
 
 
 def grammar_cache_dir() -> Path:

@@ -5,10 +5,11 @@ sequences join and leave the batch at any step, and each row attends only to its
 position. Rows are any set of slots; when they are `0..B-1` (the engine keeps them so) the cache is read
 through a view, with no per-step copy.
 
-Prefill runs the Hugging Face modules (projections, rotary embedding, MLP: the reference's numerics) with our
-attention over the cache; it covers the Llama family (Llama, Mistral, Qwen2/3, SmolLM). Decode steps on the CPU
-run as one native call (`strictcall.kernels.decode_cpu`: 2.5-3x faster, and a row's logits are bitwise the
-same in any batch) for the models it supports, and on the same torch code otherwise.
+On the CPU, for the models it supports, every forward is one native call (`strictcall.kernels.decode_cpu`):
+2-3x faster than torch at decode and at prompt chunks of up to a few hundred tokens, and a row's logits are
+bitwise the same alone or in any batch, however its prompt was chunked or reused from the prefix cache. Otherwise
+(a GPU, Qwen3, ...) the Hugging Face modules run (projections, rotary embedding, MLP: the reference's numerics)
+with our attention over the cache; that covers the Llama family (Llama, Mistral, Qwen2/3, SmolLM).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ class ModelRunner:
         model: a Hugging Face causal LM of the Llama family.
         max_batch_size: number of cache slots.
         max_model_len: positions per slot.
+        native: run the native CPU forward where it supports the model (False: always torch).
     """
 
-    def __init__(self, model: Any, max_batch_size: int, max_model_len: int):
+    def __init__(self, model: Any, max_batch_size: int, max_model_len: int, native: bool = True):
         self.model = model
         self.layers = model.model.layers
         attention = self.layers[0].self_attn
@@ -56,7 +58,7 @@ class ModelRunner:
         self.keys = torch.empty(shape, dtype=self.dtype, device=self.device)
         self.values = torch.empty(shape, dtype=self.dtype, device=self.device)
         self._zeroed = [0] * max_batch_size
-        self.native = self._native_decoder()
+        self.native = self._native_decoder() if native else None
 
     def _native_decoder(self) -> NativeDecoder | None:
         reason = unsupported_reason(self.model)
@@ -65,20 +67,17 @@ class ModelRunner:
                 return NativeDecoder(self.model, self.keys, self.values)
             except OSError as error:
                 reason = str(error)
-        logger.info("decode steps run on torch, not the native CPU step: %s", reason)
+        logger.info("forwards run on torch, not the native CPU step: %s", reason)
         return None
 
     @torch.inference_mode()
-    def forward(self, slots: list[int], input_ids: list[list[int]], start_positions: list[int], decode: bool = False) -> torch.Tensor:
+    def forward(self, slots: list[int], input_ids: list[list[int]], start_positions: list[int]) -> torch.Tensor:
         """Append each row's tokens to its slot and return the logits after each row's last token.
 
         Args:
             slots: the cache slot of each row.
-            input_ids: each row's new tokens (rows may differ in length; padded inside).
+            input_ids: each row's new tokens (rows may differ in length; padded inside on torch).
             start_positions: the position of each row's first new token (= tokens already cached).
-            decode: the rows are decoding (a sampled token, and the text a grammar forced after it): on the CPU
-                the native step runs them. The engine says so for every decode step and never for a prefill, so a
-                row takes the same path, with the same numerics, whoever shares its batch.
 
         Returns:
             `(rows, vocab_size)` float32 logits.
@@ -86,7 +85,7 @@ class ModelRunner:
         lengths = [len(ids) for ids in input_ids]
         if any(p + n > self.max_model_len for p, n in zip(start_positions, lengths)):
             raise ValueError(f"a row would pass max_model_len={self.max_model_len}")
-        if decode and self.native is not None:
+        if self.native is not None:
             return self._native_forward(slots, input_ids, start_positions)
         num_rows = len(slots)
         width = max(lengths)
@@ -153,7 +152,7 @@ class ModelRunner:
         ids = torch.tensor([token for row in input_ids for token in row], dtype=torch.long)
         positions = torch.tensor(token_positions, dtype=torch.long)
         last = torch.tensor([len(ids) for ids in input_ids], dtype=torch.long).cumsum(0) - 1
-        hidden = self.model.model.embed_tokens(ids).contiguous()
+        hidden = self.model.model.embed_tokens(ids).float().contiguous()
         cos, sin = self.model.model.rotary_emb(hidden[None], positions[None])
         logits = self.native.forward(torch.tensor(token_slots, dtype=torch.long), positions, hidden, cos[0].contiguous(), sin[0].contiguous(), last)
         for slot, start, ids_of_row in zip(slots, start_positions, input_ids):  # positions 0..end now hold keys

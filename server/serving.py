@@ -22,10 +22,10 @@ from strictcall.server.config import ServerConfig, cache_dir
 from strictcall.server.engine import Engine, EngineConfig
 from strictcall.server.model_loader import (
     ModelSource,
-    converted_gguf_dir,
     generation_defaults,
     grammar_cache_dir,
     load_model,
+    model_config,
     resolve_device,
     resolve_dtype,
     resolve_model,
@@ -97,10 +97,8 @@ def load_serving_state(config: ServerConfig, source: ModelSource | None = None) 
     set_cache_dir(cache_dir())
     source = source or resolve_model(config.model)
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    converting = source.is_gguf and not (converted_gguf_dir(source) / "config.json").exists()
-    logger.info("loading model %s on %s (%s)%s", source.location, device, str(dtype).removeprefix("torch."),
-                "; the first start converts the GGUF file once (~20 s)" if converting else "")
+    dtype = resolve_dtype(config.dtype, device, None if config.dtype else model_config(source))
+    logger.info("loading model %s on %s (%s)", source.location, device, str(dtype).removeprefix("torch."))
     model, tokenizer = load_model(source, device, dtype)
     grammars = build_grammars(tokenizer, model.config.vocab_size, config.tool_format, DiskCache(grammar_cache_dir()), config.grammar_cache_mb)
     logger.info("building the engine (tool-call format: %s)", grammars.format.name)

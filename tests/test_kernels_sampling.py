@@ -200,3 +200,16 @@ def test_mismatched_lengths_are_rejected() -> None:
         sample(logits, [SamplingParams()])
     with pytest.raises(ValueError, match="generators"):
         sample(logits, SamplingParams(), [None])
+
+
+def test_a_greedy_row_picks_the_argmax_whatever_its_filters() -> None:
+    """Greedy rows skip top-k / top-p / min-p (they cannot move the argmax) unless their logprobs are asked for."""
+    torch.manual_seed(3)
+    logits = torch.randn(3, 500)
+    logits[1, 7] = logits[1].max() + 1  # a clear maximum
+    filtered = SamplingParams(temperature=0.0, top_p=0.3, top_k=5, min_p=0.2)
+    out = sample(logits, [filtered, filtered, SamplingParams(temperature=0.0)])
+    assert out.token_ids.tolist() == logits.argmax(-1).tolist()
+    with_logprobs = sample(logits, SamplingParams(temperature=0.0, top_k=5, logprobs=True))
+    expected = torch.log_softmax(logits.topk(5, dim=-1).values, dim=-1)[:, 0]  # the distribution the filters keep
+    torch.testing.assert_close(with_logprobs.logprobs, expected)
