@@ -260,15 +260,19 @@ class Engine:
         self._drop_aborted()
         self._admit()
         plan = self.scheduler.schedule()
-        if plan.prefill:
-            rows = self._prefill([seq for seq, _ in plan.prefill], [chunk for _, chunk in plan.prefill])
-            if rows:
-                self._sample_rows(*rows)
+        prefilling, chunks = [seq for seq, _ in plan.prefill], [chunk for _, chunk in plan.prefill]
+        decode_inputs = [seq.tokens[seq.num_computed :] for seq in plan.decode]
         if plan.decode:
-            logits = self._forward(plan.decode, [seq.tokens[seq.num_computed :] for seq in plan.decode])
             self.stats.last_batch_size = len(plan.decode)
-            if logits is not None:
-                self._sample_rows(plan.decode, logits)
+        if self.runner.native is not None:
+            # One forward for prompt chunks and decode rows: the native forward takes any number of tokens per row
+            # (no padding), so the weights are read once per step, not once for each kind of row.
+            self._run(prefilling + plan.decode, chunks + decode_inputs, len(prefilling))
+        else:  # torch pads every row to the longest: a prompt chunk beside decode rows would pad them all
+            if prefilling:
+                self._run(prefilling, chunks, len(prefilling))
+            if plan.decode:
+                self._run(plan.decode, decode_inputs, 0)
         self.stats.num_steps += 1
 
     # ----- schedule -----
@@ -301,16 +305,17 @@ class Engine:
 
     # ----- forward -----
 
-    def _prefill(self, seqs: list[Sequence], chunks: list[list[int]]) -> tuple[list[Sequence], torch.Tensor] | None:
-        """Run the prompt chunks; the rows whose prompt is now complete, with their logits (they sample next)."""
-        logits = self._forward(seqs, chunks)
+    def _run(self, seqs: list[Sequence], inputs: list[list[int]], num_prefill: int) -> None:
+        """Forward the rows (the first `num_prefill` are prompt chunks), then sample the rows that decode and those
+        whose prompt is now complete."""
+        logits = self._forward(seqs, inputs)
         if logits is None:
-            return None
-        self.stats.num_prefill_tokens += sum(len(chunk) for chunk in chunks)
-        done = [i for i, seq in enumerate(seqs) if not seq.is_prefilling]
-        if not done:
-            return None
-        return [seqs[i] for i in done], logits[torch.tensor(done, device=logits.device)] if len(done) < len(seqs) else logits
+            return
+        self.stats.num_prefill_tokens += sum(len(chunk) for chunk in inputs[:num_prefill])
+        sampled = [i for i, seq in enumerate(seqs) if i >= num_prefill or not seq.is_prefilling]
+        if sampled:
+            rows = [seqs[i] for i in sampled]
+            self._sample_rows(rows, logits if len(sampled) == len(seqs) else logits[torch.tensor(sampled, device=logits.device)])
 
     def _forward(self, seqs: list[Sequence], inputs: list[list[int]]) -> torch.Tensor | None:
         """Append each row's new tokens to its KV slot and return the logits after each row's last token.

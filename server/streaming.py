@@ -30,8 +30,12 @@ from strictcall.server.tool_parser import Delta
 DONE = "data: [DONE]\n\n"
 
 
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    return f"data: {_dump(data)}\n\n"
 
 
 def error_event(message: str) -> str:
@@ -45,17 +49,18 @@ async def chat_stream(serving: ServingState, generation: Generation, meta: Meta,
     pending_logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
     started = [False] * n
 
+    # The chunk's JSON around its choice is the same for every chunk of the request: written once (the event loop
+    # writes a chunk per token per stream, and serializing the whole body each time was most of its work).
+    head = _dump({"id": meta.id, "object": "chat.completion.chunk", "created": meta.created, "model": meta.model,
+                  "system_fingerprint": None})[:-1] + ',"choices":[{"index":'
+    tail = "}]" + (',"usage":null}' if include_usage else "}") + "\n\n"
+
     def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> str:
         logprobs = None
         if plan.logprobs and pending_logprobs[index]:
             logprobs = {"content": chat_logprobs(serving, pending_logprobs[index]), "refusal": None}
             pending_logprobs[index] = []
-        body: dict[str, Any] = {"id": meta.id, "object": "chat.completion.chunk", "created": meta.created, "model": meta.model,
-                                "system_fingerprint": None,
-                                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
-        if include_usage:
-            body["usage"] = None
-        return sse(body)
+        return f"data: {head}{index},\"delta\":{_dump(delta)},\"logprobs\":{_dump(logprobs)},\"finish_reason\":{_dump(finish_reason)}{tail}"
 
     def pieces(index: int, delta: Delta, finishing: bool) -> list[dict[str, Any]]:
         # As OpenAI streams: the role comes first, with `content: null` merged into the first tool-call piece,

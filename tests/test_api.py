@@ -262,7 +262,10 @@ def _stream(app, body: dict) -> list[dict]:
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     events = [line[len("data: "):] for line in response.text.split("\n\n") if line]
     assert events[-1] == "[DONE]"
-    return [json.loads(e) for e in events[:-1]]
+    chunks = [json.loads(e) for e in events[:-1]]
+    # each chunk is written from a template (streaming.py): it must be the compact JSON of its own body, key for key
+    assert [json.dumps(c, ensure_ascii=False, separators=(",", ":")) for c in chunks] == events[:-1]
+    return chunks
 
 
 def test_streamed_arguments_equal_non_streamed_for_the_same_seed(app) -> None:
