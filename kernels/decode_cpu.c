@@ -1,4 +1,5 @@
-/* One decode forward of a Llama-family model on the CPU: fp32 weights, activations and KV cache, or (a bf16
+/* One forward (prompt chunks and decode rows, any number of new tokens per row) of a Llama-family model on the
+   CPU: fp32 weights, activations and KV cache, or (a bf16
    model) bf16 weights and KV cache with fp32 activations that are rounded to bf16 as each matmul reads them, as
    a bf16 GEMM does; on CPUs with AVX512-BF16 those matmuls run on vdpbf16ps (32 products per instruction).
 
@@ -9,7 +10,8 @@
 
    Batch invariance: every output element is computed by the same sequence of operations whatever the other
    rows are (a dot product sums lane j = k mod 16 in k order, then a fixed tree; rows are never mixed), so a
-   row's logits are bit for bit the same alone or in any batch, and greedy decoding is batch-independent. */
+   row's logits are bit for bit the same alone or in any batch, and (each token attending to the cached keys
+   0..its position, written before any is read) however its prompt was chunked. */
 #include <math.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -141,39 +143,31 @@ static inline void tile14_bf16(const uint16_t *x, int64_t K, const uint16_t *w, 
     out[0] = dp_finish(a0, x, w, k, K); out[1] = dp_finish(a1, x, w + ldw, k, K);
     out[2] = dp_finish(a2, x, w + 2 * ldw, k, K); out[3] = dp_finish(a3, x, w + 3 * ldw, k, K);
 }
-static inline void tile44_bf16(const uint16_t *x, int64_t K, const uint16_t *w, int64_t ldw, float *out, int64_t ldo) {
-    __m512 a[4][4];
-    for (int i = 0; i < 4; ++i) for (int j = 0; j < 4; ++j) a[i][j] = _mm512_setzero_ps();
+/* MB rows x 4 columns: 4 rows for decode batches, 6 (24 accumulators) for prompt chunks, where 10 loads feed 24
+   instructions against 8 for 16. Always inlined with a constant MB, so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void dp_tile(int MB, const uint16_t *x, int64_t K, const uint16_t *w, int64_t ldw, float *out,
+                                                          int64_t ldo) {
+    __m512 a[6][4];
+    for (int i = 0; i < MB; ++i) for (int j = 0; j < 4; ++j) a[i][j] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
         for (int j = 0; j < 4; ++j) __builtin_prefetch(w + j * ldw + k + PREFETCH, 0, 0);
         __m512bh w0 = load_pairs(w + k), w1 = load_pairs(w + ldw + k), w2 = load_pairs(w + 2 * ldw + k), w3 = load_pairs(w + 3 * ldw + k);
         KEEP(w0); KEEP(w1); KEEP(w2); KEEP(w3);
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < MB; ++i) {
             __m512bh xv = load_pairs(x + i * K + k);
             a[i][0] = _mm512_dpbf16_ps(a[i][0], xv, w0); a[i][1] = _mm512_dpbf16_ps(a[i][1], xv, w1);
             a[i][2] = _mm512_dpbf16_ps(a[i][2], xv, w2); a[i][3] = _mm512_dpbf16_ps(a[i][3], xv, w3);
         }
     }
-    for (int i = 0; i < 4; ++i) for (int j = 0; j < 4; ++j) out[i * ldo + j] = dp_finish(a[i][j], x + i * K, w + j * ldw, k, K);
+    for (int i = 0; i < MB; ++i) for (int j = 0; j < 4; ++j) out[i * ldo + j] = dp_finish(a[i][j], x + i * K, w + j * ldw, k, K);
 }
-/* 6 rows x 4 columns (24 accumulators): prompt chunks have many rows, and 10 loads feed 24 instructions here
-   against 8 for 16 in the 4 x 4 tile. */
+static inline void tile44_bf16(const uint16_t *x, int64_t K, const uint16_t *w, int64_t ldw, float *out, int64_t ldo) {
+    dp_tile(4, x, K, w, ldw, out, ldo);
+}
 #define TILE64_BF16 1
 static inline void tile64_bf16(const uint16_t *x, int64_t K, const uint16_t *w, int64_t ldw, float *out, int64_t ldo) {
-    __m512 a[6][4];
-    for (int i = 0; i < 6; ++i) for (int j = 0; j < 4; ++j) a[i][j] = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 32 <= K; k += 32) {
-        __m512bh w0 = load_pairs(w + k), w1 = load_pairs(w + ldw + k), w2 = load_pairs(w + 2 * ldw + k), w3 = load_pairs(w + 3 * ldw + k);
-        KEEP(w0); KEEP(w1); KEEP(w2); KEEP(w3);
-        for (int i = 0; i < 6; ++i) {
-            __m512bh xv = load_pairs(x + i * K + k);
-            a[i][0] = _mm512_dpbf16_ps(a[i][0], xv, w0); a[i][1] = _mm512_dpbf16_ps(a[i][1], xv, w1);
-            a[i][2] = _mm512_dpbf16_ps(a[i][2], xv, w2); a[i][3] = _mm512_dpbf16_ps(a[i][3], xv, w3);
-        }
-    }
-    for (int i = 0; i < 6; ++i) for (int j = 0; j < 4; ++j) out[i * ldo + j] = dp_finish(a[i][j], x + i * K, w + j * ldw, k, K);
+    dp_tile(6, x, K, w, ldw, out, ldo);
 }
 #else
 TILE(tile14_bf16, uint16_t, load_bf16, wscalar_bf16, 1, 4)
