@@ -1,7 +1,7 @@
 /* One forward (prompt chunks and decode rows, any number of new tokens per row) of a Llama-family model on the
-   CPU: fp32 weights, activations and KV cache, or (a bf16
-   model) bf16 weights and KV cache with fp32 activations that are rounded to bf16 as each matmul reads them, as
-   a bf16 GEMM does; on CPUs with AVX512-BF16 those matmuls run on vdpbf16ps (32 products per instruction).
+   CPU: fp32 weights, activations and KV cache, or (a bf16 model) bf16 weights and KV cache with fp32 activations
+   that are rounded to bf16 as each matmul reads them, as a bf16 GEMM does; on CPUs with AVX512-BF16 those
+   matmuls run on vdpbf16ps (32 products per instruction).
 
    Why one call: eager torch spends a decode step in ~600 small ops, each a parallel region whose idle OpenMP
    worker must be woken (OMP_WAIT_POLICY=PASSIVE, which the server needs), and its fp32 GEMV (MKL on this
