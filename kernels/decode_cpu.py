@@ -5,8 +5,8 @@ streaming the weights at a third of the memory bandwidth and ~600 parallel regio
 worker. The native forward reads each weight matrix once for all rows, runs as one parallel region and is batch
 invariant (a row's logits are bitwise the same alone, in any batch, however its prompt is chunked; see the C
 source), so greedy outputs do not depend on who else is running. It is also 2x faster than torch on prompt
-chunks of a few hundred tokens; torch's SDPA stays ahead only on long contexts (the native attention walks the
-keys once per query).
+chunks of a few hundred tokens, and even with it on long contexts (the native attention walks the keys once per
+query, where torch's SDPA works in blocks).
 
 The q/k/v and gate/up projections are packed into one matrix each, and the model's own modules are pointed at
 views of them, so the weights are not held twice and the torch path reads the same numbers.
