@@ -267,12 +267,12 @@ class Engine:
         if self.runner.native is not None:
             # One forward for prompt chunks and decode rows: the native forward takes any number of tokens per row
             # (no padding), so the weights are read once per step, not once for each kind of row.
-            self._run(prefilling + plan.decode, chunks + decode_inputs, len(prefilling))
+            forwards = [(prefilling + plan.decode, chunks + decode_inputs, len(prefilling))]
         else:  # torch pads every row to the longest: a prompt chunk beside decode rows would pad them all
-            if prefilling:
-                self._run(prefilling, chunks, len(prefilling))
-            if plan.decode:
-                self._run(plan.decode, decode_inputs, 0)
+            forwards = [(prefilling, chunks, len(prefilling)), (plan.decode, decode_inputs, 0)]
+        for seqs, inputs, num_prefill in forwards:
+            if seqs:  # an idle step runs no forward
+                self._run(seqs, inputs, num_prefill)
         self.stats.num_steps += 1
 
     # ----- schedule -----

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 
 import jsonschema
 import pytest
@@ -330,3 +331,13 @@ def test_end_bias_moves_the_turn_toward_ending_after_a_complete_call(tiny_llama,
 
     assert calls_per_turn(100.0) == [1] * 6
     assert max(calls_per_turn(-100.0)) > 1
+
+
+def test_an_idle_step_runs_no_forward_and_logs_nothing(tiny_llama, smollm2_vocabulary, smollm2_tokenizer, caplog) -> None:
+    """The engine thread steps every 0.5 s while idle: no forward of zero rows (which the native forward refuses)."""
+    engine = make_engine(tiny_llama, smollm2_vocabulary, smollm2_tokenizer)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            engine.step()
+    assert engine.stats.num_steps == 3 and engine.stats.num_forward_tokens == 0 and engine.stats.forward_seconds == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
