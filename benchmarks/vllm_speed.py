@@ -28,6 +28,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -80,18 +81,27 @@ def engine_single_stream(rounds: int) -> float:
     source = resolve_model(None)
     model, tokenizer = load_model(source, device, resolve_dtype(None, device, model_config(source)))
     engine = Engine(ModelRunner(model, 16, 4096), Vocabulary.from_tokenizer(tokenizer), tokenizer)
+    engine.start()  # its own thread, as in the server
     rates = []
-    for i in range(rounds + 1):  # the first is a warm-up
-        text = tokenizer.apply_chat_template(decode_request(1000 + i)["messages"], add_generation_prompt=True, tokenize=False)
-        prompt = tokenizer.encode(text, add_special_tokens=False)
-        times: list[float] = []
-        engine.submit(EngineRequest(f"e{i}", list(prompt), SamplingParams(temperature=0.0), max_tokens=DECODE_TOKENS, min_tokens=DECODE_TOKENS),
-                      lambda event: times.append(time.perf_counter()))
-        while engine.scheduler.waiting or engine.scheduler.running or not engine._inbox.empty():
-            engine._drain_inbox(block=False)
-            engine.step()
-        if i:
-            rates.append((len(times) - 1) / (times[-1] - times[0]))
+    try:
+        for i in range(rounds + 1):  # the first is a warm-up
+            text = tokenizer.apply_chat_template(decode_request(1000 + i)["messages"], add_generation_prompt=True, tokenize=False)
+            prompt = tokenizer.encode(text, add_special_tokens=False)
+            times: list[float] = []
+            done = threading.Event()
+
+            def sink(event: Any, times: list[float] = times, done: threading.Event = done) -> None:
+                times.append(time.perf_counter())
+                if event.finish_reason is not None:
+                    done.set()
+
+            engine.submit(EngineRequest(f"e{i}", list(prompt), SamplingParams(temperature=0.0), max_tokens=DECODE_TOKENS,
+                                        min_tokens=DECODE_TOKENS), sink)
+            done.wait(timeout=600)
+            if i:
+                rates.append((len(times) - 1) / (times[-1] - times[0]))
+    finally:
+        engine.shutdown()
     return statistics.median(rates)
 
 

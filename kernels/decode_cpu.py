@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .native import build_library
+from .native import build_library, cpu_flags_line
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,7 @@ def _load() -> ctypes.CDLL:
 
 def cpu_has_bf16_dot() -> bool:
     """The CPU multiplies bf16 pairs into fp32 in one instruction (AVX512-BF16: vdpbf16ps)."""
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags.split()
+    return "avx512_bf16" in cpu_flags_line().split()
 
 
 def config_unsupported_reason(config: Any) -> str | None:

@@ -39,7 +39,8 @@ def _cache_dir() -> Path:
     raise OSError("no writable cache directory for the native kernels")
 
 
-def _cpu_fingerprint() -> str:
+def cpu_flags_line() -> str:
+    """The CPU's feature flags as /proc/cpuinfo lists them (its `flags` or `Features` line), else the processor name."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
@@ -54,7 +55,7 @@ def build_library(name: str, source: str, flags: list[str]) -> ctypes.CDLL:
     compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         raise OSError("no C compiler (cc, gcc or clang) on PATH")
-    key = hashlib.sha256("\0".join([source, *flags, compiler, platform.machine(), _cpu_fingerprint()]).encode())
+    key = hashlib.sha256("\0".join([source, *flags, compiler, platform.machine(), cpu_flags_line()]).encode())
     target = _cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
     if not target.exists():
         with tempfile.TemporaryDirectory(dir=target.parent) as work:
