@@ -1,10 +1,16 @@
-"""Regex AST -> byte-level NFA (Thompson) -> DFA whose states are made on demand.
+"""Grammar AST -> byte-level NFA (Thompson) with calls between rules -> DFA whose states are made on demand.
 
-Invariant: the DFA accepts exactly the UTF-8 encodings of the strings the regex matches, and every live DFA
-state can still reach acceptance (NFA states that cannot are pruned), so a byte that keeps a state alive
-never leads into a dead end. Compiling builds only the NFA (linear in the regex); a DFA state's row of 256
-transitions is computed the first time a walk reaches it, then kept in a dense numpy table that vectorized
-token walks index directly.
+A grammar is a main pattern and named rules that may refer to each other and to themselves (`RuleRef`, a JSON
+Schema `$ref`). Each rule's NFA is built once, however many places call it; a call edge enters the rule and
+returns to the caller. The NFA is then a pushdown automaton, simulated by threads: a thread is an NFA state and a
+stack of return states (interned, so a thread is one int). A DFA state is a set of threads; for a grammar without
+rules every stack is empty and a thread is just an NFA state.
+
+Invariant: the DFA accepts exactly the UTF-8 encodings of the strings the grammar matches with at most
+`MAX_FRAME_DEPTH` rule calls open at once, and every live DFA state can still reach acceptance within that
+depth (threads that cannot are pruned), so a byte that keeps a state alive never leads into a dead end.
+Compiling builds only the NFA (linear in the grammar); a DFA state's row of 256 transitions is computed the first
+time a walk reaches it, then kept in a dense numpy table that vectorized token walks index directly.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import heapq
 import math
 import threading
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -22,7 +28,7 @@ import numpy as np
 
 from strictcall.grammars.cancel import check_cancelled
 from strictcall.grammars.errors import AutomatonLimitError
-from strictcall.grammars.regex import Alternation, CharClass, Concat, Node, Repeat
+from strictcall.grammars.regex import Alternation, CharClass, Concat, Node, Repeat, RuleRef
 
 DEAD = -1
 UNEXPANDED = -2
@@ -33,6 +39,12 @@ _EAGER_COPIES = 16
 # x maxLength, need one state per position reached; JSONSchemaBench Github_easy/o9925 passed 20,000).
 DEFAULT_MAX_DFA_STATES = 50_000
 _MAX_FORCED_BYTES = 4096
+# Most rule calls open at once (a JSON Schema `$ref` nesting depth): far above what a recursive schema's instances
+# need in practice, and low enough that a thread's stack stays cheap. Deeper instances are not generated.
+MAX_FRAME_DEPTH = 64
+# A thread is `stack id << _STACK_SHIFT | NFA state`.
+_STACK_SHIFT = 32
+_STATE_MASK = (1 << _STACK_SHIFT) - 1
 
 
 @contextmanager
@@ -86,9 +98,14 @@ def _split_same_length(a: int, b: int, out: list[tuple[tuple[int, int], ...]]) -
     out.append(tuple(zip(chr(a).encode("utf-8"), chr(b).encode("utf-8"))))
 
 
-def min_length(node: Node) -> float:
-    """Fewest UTF-8 bytes a string matching `node` can have (inf for a node that matches nothing)."""
-    memo: dict[int, float] = {}
+Cost = tuple[float, int]
+_NO_STRING: Cost = (math.inf, 0)
+
+
+def min_cost(node: Node, rule_costs: Mapping[str, Cost] | None = None) -> Cost:
+    """(fewest UTF-8 bytes a string matching `node` can have, rule calls that shortest string nests), the least in
+    that order; (inf, 0) for a node that matches nothing. `rule_costs` gives each rule's own (see `rule_costs`)."""
+    memo: dict[int, Cost] = {}
     stack: list[tuple[Node, bool]] = [(node, False)]
     while stack:
         item, children_done = stack.pop()
@@ -100,15 +117,36 @@ def min_length(node: Node) -> float:
             stack.extend((child, False) for child in children if id(child) not in memo)
             continue
         if isinstance(item, CharClass):
-            memo[id(item)] = len(chr(item.ranges[0][0]).encode("utf-8")) if item.ranges else math.inf
+            memo[id(item)] = (len(chr(item.ranges[0][0]).encode("utf-8")), 0) if item.ranges else _NO_STRING
+        elif isinstance(item, RuleRef):
+            length, height = (rule_costs or {}).get(item.name, _NO_STRING)
+            memo[id(item)] = (length, height + 1) if length != math.inf else _NO_STRING
         elif isinstance(item, Concat):
-            memo[id(item)] = sum(memo[id(c)] for c in item.parts)
+            parts = [memo[id(c)] for c in item.parts]
+            length = sum(part[0] for part in parts)
+            memo[id(item)] = (length, max((part[1] for part in parts), default=0)) if length != math.inf else _NO_STRING
         elif isinstance(item, Alternation):
-            memo[id(item)] = min((memo[id(c)] for c in item.options), default=math.inf)
+            memo[id(item)] = min((memo[id(c)] for c in item.options), default=_NO_STRING)
         else:
             inner = memo[id(item.node)]
-            memo[id(item)] = 0 if item.min_count == 0 else item.min_count * inner
+            memo[id(item)] = (0, 0) if item.min_count == 0 else \
+                (item.min_count * inner[0], inner[1]) if inner[0] != math.inf else _NO_STRING
     return memo[id(node)]
+
+
+def rule_costs(rules: Mapping[str, Node]) -> dict[str, Cost]:
+    """Each rule's `min_cost`, rules calling rules included: the least fixpoint, found by iterating from "no
+    string" (each round finds the shortest strings one call deeper; costs only fall, so it stops)."""
+    costs: dict[str, Cost] = {name: _NO_STRING for name in rules}
+    changed = True
+    while changed:
+        check_cancelled()
+        changed = False
+        for name, node in rules.items():
+            cost = min_cost(node, costs)
+            if cost < costs[name]:
+                costs[name], changed = cost, True
+    return costs
 
 
 def _children(node: Node) -> tuple[Node, ...]:
@@ -122,24 +160,37 @@ def _children(node: Node) -> tuple[Node, ...]:
 
 
 class Nfa:
-    """A Thompson NFA over bytes: byte-range edges and epsilon edges, one start and one accept state.
+    """A Thompson NFA over bytes: byte-range edges, epsilon edges and call edges; one start and one accept state
+    for the main pattern and one pair per rule (`calls[s]`: (the callee's start, the state to return to)).
 
     Long counted repeats (`x{0,32767}`, a string's maxLength) are unrolled lazily: the states of copy k+1 are
     built when a DFA state first reaches copy k, so a bound costs only the copies a generation visits
     (a 32767-character maxLength: 9.3 s and 1.4M states eagerly; now a few ms).
     """
 
-    def __init__(self, node: Node, max_states: int = DEFAULT_MAX_NFA_STATES):
+    def __init__(self, node: Node, max_states: int = DEFAULT_MAX_NFA_STATES, rules: Mapping[str, Node] | None = None):
         self.max_states = max_states
         self.byte_edges: list[list[tuple[int, int, int]]] = []
         self.epsilons: list[list[int]] = []
+        self.calls: dict[int, list[tuple[int, int]]] = {}
+        # Per state: fewest bytes to the end of its rule (-1: unreachable), and the rule calls that shortest way nests.
         self.distance: list[float] = []
-        # Stub state -> (the rest of a long repeat, to be built from the stub to `end`, its min length, end).
-        self.pending: dict[int, tuple[Repeat, float, int]] = {}
+        self.height: list[int] = []
+        # Stub state -> (the rest of a long repeat, to be built from the stub to `end`, its min cost, end).
+        self.pending: dict[int, tuple[Repeat, Cost, int]] = {}
+        rules = rules or {}
+        self.rule_costs = rule_costs(rules)
         with paused_gc():
             self.start = self._new_state()
             self.accept = self._new_state()
+            self.rule_starts = {name: self._new_state() for name in rules}
+            self._callee_costs = {self.rule_starts[name]: cost for name, cost in self.rule_costs.items()}
+            # A thread at a rule's accept state returns to its caller.
+            self.returns = frozenset(self._new_state() for _ in rules)
+            self._rule_accepts = dict(zip(rules, sorted(self.returns)))
             self._build(node, self.start, self.accept)
+            for name, body in rules.items():
+                self._build(body, self.rule_starts[name], self._rule_accepts[name])
             self._settle_distances(range(len(self.epsilons)))
 
     def _new_state(self) -> int:
@@ -150,6 +201,7 @@ class Nfa:
         self.byte_edges.append([])
         self.epsilons.append([])
         self.distance.append(-1)
+        self.height.append(0)
         return len(self.epsilons) - 1
 
     def _build(self, node: Node, start: int, end: int) -> None:
@@ -170,6 +222,8 @@ class Nfa:
                     stack.append((option, start, end))
             elif isinstance(node, Repeat):
                 self._add_repeat(node, start, end, stack)
+            elif isinstance(node, RuleRef):
+                self.calls.setdefault(start, []).append((self.rule_starts[node.name], end))
             else:
                 raise TypeError(f"not a regex node: {node!r}")
 
@@ -190,7 +244,7 @@ class Nfa:
             if node.min_count == 0:
                 self.epsilons[start].append(end)
             rest = Repeat(node.node, max(node.min_count - 1, 0), None if node.max_count is None else node.max_count - 1)
-            self.pending[state] = (rest, min_length(rest), end)
+            self.pending[state] = (rest, min_cost(rest, self.rule_costs), end)
             return
         state = start
         for _ in range(node.min_count):
@@ -228,58 +282,70 @@ class Nfa:
                 self._build(item, a, b)
             self._settle_distances(range(first_new, len(self.epsilons)))
 
-    def _out_edges(self, state: int) -> list[tuple[int, float]]:
-        edges: list[tuple[int, float]] = [(t, 0) for t in self.epsilons[state]]
-        edges += [(t, 1) for _, _, t in self.byte_edges[state]]
+    def _out_edges(self, state: int) -> list[tuple[int, float, int]]:
+        """(target, bytes, rule calls nested) per edge: a call costs its rule's shortest string, one level deeper."""
+        edges: list[tuple[int, float, int]] = [(t, 0, 0) for t in self.epsilons[state]]
+        edges += [(t, 1, 0) for _, _, t in self.byte_edges[state]]
         if state in self.pending:
-            _, length, end = self.pending[state]
+            _, (length, height), end = self.pending[state]
             if length != math.inf:
-                edges.append((end, length))
+                edges.append((end, length, height))
+        for callee, end in self.calls.get(state, ()):
+            length, height = self._callee_costs[callee]
+            if length != math.inf:
+                edges.append((end, length, height + 1))
         return edges
 
     def _settle_distances(self, states: range) -> None:
-        """Fewest bytes to acceptance (Dijkstra backwards) for `states`, whose edges lead among themselves or
-        to states already settled; -1 where acceptance is unreachable."""
+        """Fewest bytes to the end of the rule (Dijkstra backwards, ties broken by fewer nested calls) for
+        `states`, whose edges lead among themselves or to states already settled; -1 where the end is unreachable.
+        A call edge costs its rule's `rule_costs`, known before any NFA state is."""
         inside = set(states)
-        reverse: dict[int, list[tuple[int, float]]] = {}
-        heap: list[tuple[float, int]] = []
+        reverse: dict[int, list[tuple[int, float, int]]] = {}
+        heap: list[tuple[float, int, int]] = []
+        ends = self.returns | {self.accept}
         for state in states:
             if not state & 4095:
                 check_cancelled()
-            if state == self.accept:
-                heap.append((0, state))
-            for target, cost in self._out_edges(state):
+            if state in ends:
+                heap.append((0, 0, state))
+            for target, cost, height in self._out_edges(state):
                 if target in inside:
-                    reverse.setdefault(target, []).append((state, cost))
+                    reverse.setdefault(target, []).append((state, cost, height))
                 elif self.distance[target] >= 0:
-                    heap.append((self.distance[target] + cost, state))
+                    heap.append((self.distance[target] + cost, max(height, self.height[target]), state))
         heapq.heapify(heap)
-        settled: dict[int, float] = {}
+        settled: dict[int, tuple[float, int]] = {}
         while heap:
-            distance, state = heapq.heappop(heap)
+            distance, height, state = heapq.heappop(heap)
             if state in settled:
                 continue
-            settled[state] = distance
+            settled[state] = (distance, height)
             if not len(settled) & 4095:
                 check_cancelled()
-            for source, cost in reverse.get(state, ()):
+            for source, cost, nested in reverse.get(state, ()):
                 if source not in settled:
-                    heapq.heappush(heap, (distance + cost, source))
+                    heapq.heappush(heap, (distance + cost, max(nested, height), source))
         for state in states:
-            self.distance[state] = settled.get(state, -1)
+            self.distance[state], self.height[state] = settled.get(state, (-1, 0))
 
 
 class LazyDfa:
     """The subset construction of an `Nfa`, one state at a time.
 
-    A DFA state is the set of NFA states that have byte edges (or accept) reachable from it by epsilons,
-    restricted to those that can still reach acceptance. `table[s, b]` is the next state, `DEAD`, or (for a
+    A DFA state is the set of threads (NFA state, stack of return states) that have byte edges (or accept)
+    reachable by epsilons, calls and returns, restricted to those that can still reach acceptance within
+    `max_depth` open calls. `table[s, b]` is the next state, `DEAD`, or (for a
     row not yet computed) `UNEXPANDED`. Thread-safe: expansion holds a lock.
     """
 
-    def __init__(self, nfa: Nfa, max_states: int = DEFAULT_MAX_DFA_STATES):
+    def __init__(self, nfa: Nfa, max_states: int = DEFAULT_MAX_DFA_STATES, max_depth: int = MAX_FRAME_DEPTH):
         self.nfa = nfa
         self.max_states = max_states
+        self.max_depth = max_depth
+        # Stack id -> (return state, parent stack id, depth, bytes the return states need at least); 0 is empty.
+        self._stacks: list[tuple[int, int, int, float]] = [(-1, 0, 0, 0)]
+        self._stack_ids: dict[tuple[int, int], int] = {}
         self._lock = threading.RLock()
         self._closures: dict[int, frozenset[int]] = {}
         self._ids: dict[frozenset[int], int] = {}
@@ -306,28 +372,51 @@ class LazyDfa:
         self._lock = threading.RLock()
         self._closures = {}
 
-    def _closure(self, state: int) -> frozenset[int]:
-        cached = self._closures.get(state)
+    def _closure(self, thread: int) -> frozenset[int]:
+        cached = self._closures.get(thread)
         if cached is not None:
             return cached
-        seen = {state}
-        stack = [state]
+        seen = {thread}
+        pending = [thread]
         keep = []
-        nfa = self.nfa
-        while stack:
-            current = stack.pop()
-            nfa.materialize(current)
-            if nfa.distance[current] < 0:
+        nfa, stacks, max_depth = self.nfa, self._stacks, self.max_depth
+        while pending:
+            current = pending.pop()
+            state, frames = current & _STATE_MASK, current >> _STACK_SHIFT
+            nfa.materialize(state)
+            if nfa.distance[state] < 0:
                 continue
-            if nfa.byte_edges[current] or current == nfa.accept:
+            return_state, parent, depth, _ = stacks[frames]
+            if depth + nfa.height[state] > max_depth:
+                continue  # its shortest way out nests deeper than allowed
+            if nfa.byte_edges[state] or state == nfa.accept:
                 keep.append(current)
-            for target in nfa.epsilons[current]:
+            base = frames << _STACK_SHIFT
+            targets = [base | target for target in nfa.epsilons[state]]
+            for callee, after in nfa.calls.get(state, ()):
+                if nfa.distance[after] >= 0 and depth + nfa.height[after] <= max_depth and \
+                        depth + 1 + nfa.height[callee] <= max_depth:
+                    targets.append(self._push(frames, after) << _STACK_SHIFT | callee)
+            if frames and state in nfa.returns:
+                targets.append(parent << _STACK_SHIFT | return_state)
+            for target in targets:
                 if target not in seen:
                     seen.add(target)
-                    stack.append(target)
+                    pending.append(target)
         closure = frozenset(keep)
-        self._closures[state] = closure
+        self._closures[thread] = closure
         return closure
+
+    def _push(self, frames: int, return_state: int) -> int:
+        """The stack id of `frames` with `return_state` on top."""
+        key = (return_state, frames)
+        stack_id = self._stack_ids.get(key)
+        if stack_id is None:
+            _, _, depth, needed = self._stacks[frames]
+            stack_id = len(self._stacks)
+            self._stacks.append((return_state, frames, depth + 1, needed + self.nfa.distance[return_state]))
+            self._stack_ids[key] = stack_id
+        return stack_id
 
     def _closure_of(self, states: list[int]) -> frozenset[int]:
         if len(states) == 1:
@@ -353,7 +442,8 @@ class LazyDfa:
         self._ids[nfa_states] = state_id
         self._sets.append(nfa_states)
         self.is_accepting_state[state_id] = self.nfa.accept in nfa_states
-        self.min_bytes_to_accept[state_id] = int(min(self.nfa.distance[s] for s in nfa_states))
+        distance, stacks = self.nfa.distance, self._stacks
+        self.min_bytes_to_accept[state_id] = int(min(distance[t & _STATE_MASK] + stacks[t >> _STACK_SHIFT][3] for t in nfa_states))
         return state_id
 
     def _grow(self) -> None:
@@ -375,7 +465,9 @@ class LazyDfa:
         with self._lock:
             if self.table[state, 0] != UNEXPANDED:
                 return self.table[state]
-            edges = [edge for s in self._sets[state] for edge in self.nfa.byte_edges[s]]
+            byte_edges = self.nfa.byte_edges
+            edges = [(lo, hi, thread & ~_STATE_MASK | target) for thread in self._sets[state]
+                     for lo, hi, target in byte_edges[thread & _STATE_MASK]]
             points = sorted({lo for lo, _, _ in edges} | {hi + 1 for _, hi, _ in edges} | {0, 256})
             targets: list[list[int]] = [[] for _ in points]
             for lo, hi, target in edges:

@@ -22,7 +22,7 @@ from strictcall.grammars.errors import GrammarError
 from strictcall.grammars.json_schema import SchemaOptions, json_schema_to_regex
 from strictcall.grammars.masks import allowed_token_ids, pack_token_bitmask, tokens_through_accepting
 from strictcall.grammars.matcher import GrammarMatcher
-from strictcall.grammars.regex import parse_regex
+from strictcall.grammars.regex import parse_grammar
 from strictcall.grammars.vocabulary import Vocabulary
 
 
@@ -65,7 +65,8 @@ class CompiledGrammar:
         self.regex = regex
         self.vocabulary = vocabulary
         self.unenforced = unenforced
-        self.dfa = LazyDfa(Nfa(parse_regex(regex), limits.max_nfa_states), limits.max_dfa_states)
+        main, rules = parse_grammar(regex)
+        self.dfa = LazyDfa(Nfa(main, limits.max_nfa_states, rules), limits.max_dfa_states)
         self._masks: dict[int, np.ndarray] = {}
         # Per visited state: the most bytes-to-accept any allowed token leaves (budget checks skip states below it).
         self._max_next_distance: dict[int, int] = {}
@@ -241,7 +242,7 @@ class GrammarCompiler:
 
         def build() -> CompiledGrammar:
             result = json_schema_to_regex(schema, strict=strict, options=options)
-            grammar = self._from_disk(result.regex) or CompiledGrammar(result.regex, self.vocabulary, self.limits, budget=self.budget)
+            grammar = self._from_disk(result.text) or CompiledGrammar(result.text, self.vocabulary, self.limits, budget=self.budget)
             grammar.unenforced = result.unenforced
             return grammar
 

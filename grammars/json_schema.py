@@ -20,7 +20,10 @@ Documented bounds (the schema leaves these open; `SchemaOptions` overrides them)
   A bound the schema states itself (`maximum`, ...) always wins over these.
 - numbers with a `minimum`/`maximum` bound are written in fixed notation (no exponent): exact for any decimal
   bound. Integers never have a fraction or exponent (`1.0` is not accepted for `integer`).
-- `$ref` recursion is unrolled `max_recursion_depth` times; `{}`/`true` (any value) nests `max_any_depth` deep.
+- a `$ref` is compiled once: inlined where its regex is small and it is not recursive, else a rule of the
+  grammar (`SchemaRegex.rules`, called as `(?&name)`), so recursion is exact up to `MAX_FRAME_DEPTH` (64) open
+  calls. `allOf` members that are `$ref`s are merged in place, unrolled `max_recursion_depth` times;
+  `{}`/`true` (any value) nests `max_any_depth` deep.
 - strings inside `pattern`/`format` values and extra property names use `json.dumps`'s escapes only; other
   strings accept every JSON escape. String lengths are unbounded unless the schema bounds them.
 - a schema without `type` gets the types its keywords imply (`properties` -> object, `items` -> array, ...).
@@ -30,8 +33,7 @@ Documented bounds (the schema leaves these open; `SchemaOptions` overrides them)
 - `pattern` is an ECMA-262 search (see `regex.parse_search_pattern`): unanchored sides may hold anything.
   With `minLength`/`maxLength` both are enforced where the pattern is a simple run (`^[a-z]+$`, `^x\\d*$`),
   else the length is refused (or reported with `strict=False`). Unknown `format`s are refused likewise.
-- the regex is at most `max_regex_chars` long: `$ref`s are expanded in place (a regex cannot share), so large
-  schemas (Kubernetes) can exceed it; the error says so.
+- the grammar (main regex and rules) is at most `max_regex_chars` long; the error says so.
 - `oneOf` compiles as `anyOf`: exact when no value generated for one option is valid under another (disjoint
   JSON types or constants, a required key the other option never writes, a tag property with distinct
   constants); otherwise exclusivity cannot be enforced (an error, or reported with `strict=False`).
@@ -51,15 +53,19 @@ from typing import Any
 
 import jsonschema
 
+from strictcall.grammars.automaton import min_cost, rule_costs
 from strictcall.grammars.cancel import check_cancelled
 from strictcall.grammars.errors import RegexSyntaxError, UnsupportedSchemaError
 from strictcall.grammars.json_numbers import integer_range, number_range, schema_bounds
 from strictcall.grammars.json_strings import STRING_UNIT, grouped, json_escaped, key_not_in, limit_length, parsed_format
-from strictcall.grammars.regex import Alternation, Node, escape, parse_search_pattern
+from strictcall.grammars.regex import Alternation, Node, escape, grammar_text, parse_grammar, parse_search_pattern
 from strictcall.grammars.regex_builders import alt, opt, repeat, seq
 from strictcall.grammars.schema_check import check_schema
 from strictcall.grammars.schema_merge import ANNOTATIONS, JSON_TYPES, excludes, merge_two, normalized, schema_types
 
+# A `$ref` whose regex is longer than this becomes a rule (called, not copied, wherever it is used).
+_INLINE_CHARS = 2000
+_NOTHING = "[^\\x00-\\U0010ffff]"
 _FIX = "; with strict off, the rest of the schema is enforced and this keyword is reported; or remove it"
 
 
@@ -71,9 +77,9 @@ class SchemaOptions:
         max_integer_digits: digits of an unbounded integer, and of a number's integer part (16: 2**53).
         max_fraction_digits: digits after a number's decimal point (20: any double in fixed notation).
         max_exponent_digits: digits of a number's exponent (3; positive exponents stop at 307).
-        max_recursion_depth: how many times one `$ref` may be expanded within itself.
+        max_recursion_depth: how many times one `$ref` may be merged into an `allOf` within itself.
         max_any_depth: nesting depth of arrays and objects in an untyped (`{}`/`true`) value.
-        max_regex_chars: size limit of the produced regex; the automaton is built from it and grows with it.
+        max_regex_chars: size limit of the produced grammar; the automaton is built from it and grows with it.
     """
 
     max_integer_digits: int = 16
@@ -97,12 +103,19 @@ class SchemaRegex:
     """A compiled schema.
 
     Attributes:
-        regex: the pattern, in our syntax, over the compact serialization (full match).
+        regex: the pattern, in our syntax, over the compact serialization (full match); it may call `rules`.
         unenforced: `(pointer, keyword)` pairs not enforced; only ever non-empty with `strict=False`.
+        rules: (name, regex) of the `$ref`s compiled as rules (large or recursive ones), in definition order.
     """
 
     regex: str
     unenforced: tuple[tuple[str, str], ...] = field(default=())
+    rules: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def text(self) -> str:
+        """The whole grammar as one string (`regex.grammar_text`): what `GrammarCompiler.compile_regex` takes."""
+        return grammar_text(self.regex, self.rules)
 
 
 def json_schema_to_regex(schema: dict[str, Any] | bool, *, strict: bool = True,
@@ -124,13 +137,23 @@ def json_schema_to_regex(schema: dict[str, Any] | bool, *, strict: bool = True,
     check_schema(schema)
     compiler = _Compiler(schema, strict, options)
     regex = compiler.compile(schema, "")
+    rules = tuple(compiler.rules.items())
+    if regex is not None and rules:
+        if sum(len(body) for _, body in rules) + len(regex) > options.max_regex_chars:
+            raise UnsupportedSchemaError("", "$ref", f"makes the grammar longer than max_regex_chars="
+                                                     f"{options.max_regex_chars}; raise it or simplify the schema")
+        main, parsed = parse_grammar(grammar_text(regex, rules))
+        if min_cost(main, rule_costs(parsed))[0] == math.inf:
+            regex = None  # every instance would nest without end
+            compiler.recursion_cut = True
     if regex is None:
         raise UnsupportedSchemaError("", "$ref" if compiler.recursion_cut else "false",
                                      "leaves no value to generate: the schema accepts no instance"
-                                     + (f" within max_recursion_depth={options.max_recursion_depth}" if compiler.recursion_cut else
+                                     + (" (each one nests another without end, or past max_recursion_depth="
+                                        f"{options.max_recursion_depth} in an allOf)" if compiler.recursion_cut else
                                         " (a contradiction such as minLength above maxLength, minimum above maximum, an empty enum, "
                                         "or a required property whose schema is false)"))
-    return SchemaRegex(regex, tuple(compiler.unenforced))
+    return SchemaRegex(regex, tuple(compiler.unenforced), rules)
 
 
 def _dump(value: Any) -> str:
@@ -155,7 +178,10 @@ class _Compiler:
         self.unenforced: list[tuple[str, str]] = []
         self.ref_counts: dict[str, int] = {}
         self.recursion_cut = False
-        self.cache: dict[tuple[str, tuple[tuple[str, int], ...]], str | None] = {}
+        self.rules: dict[str, str] = {}  # rule name -> regex
+        self.rule_names: dict[str, str] = {}  # $ref -> its rule's name
+        self.inlined: dict[str, str | None] = {}  # $ref -> its regex, where small and not recursive
+        self.compiling: dict[str, bool] = {}  # $refs being compiled -> whether they were met inside themselves
         self.any_cache: dict[int, str] = {}
 
     def unsupported(self, pointer: str, keyword: str, reason: str) -> None:
@@ -230,10 +256,26 @@ class _Compiler:
         siblings = {key: value for key, value in schema.items() if key != "$ref" and key not in ANNOTATIONS}
         if siblings:
             return self.compile({"allOf": [{"$ref": reference}, siblings]}, pointer)
-        key = (reference, tuple(sorted(self.ref_counts.items())))
-        if key not in self.cache:
-            self.cache[key] = self.expand([reference], lambda: self.compile(target, target_pointer))
-        return self.cache[key]
+        if reference in self.rule_names:
+            return f"(?&{self.rule_names[reference]})"
+        if reference in self.inlined:
+            return self.inlined[reference]
+        if reference in self.compiling:  # recursion: a rule, called from inside itself
+            self.compiling[reference] = True
+            return f"(?&{self.rule_names.setdefault(reference, f'r{len(self.rule_names)}')})"
+        self.compiling[reference] = False
+        counts, self.ref_counts = self.ref_counts, {}  # a $ref compiles the same wherever it is met
+        try:
+            body = self.compile(target, target_pointer)
+        finally:
+            self.ref_counts = counts
+            recursive = self.compiling.pop(reference)
+        if not recursive and (body is None or len(body) <= _INLINE_CHARS):
+            self.inlined[reference] = body
+            return body
+        name = self.rule_names.setdefault(reference, f"r{len(self.rule_names)}")
+        self.rules[name] = _NOTHING if body is None else body
+        return f"(?&{name})"
 
     def inline(self, schema: Any, pointer: str, inlined: list[str], hops: int = 0) -> Any:
         """A schema with its top-level `$ref` replaced by the target (merged with siblings), for merging."""

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-from strictcall.grammars.regex import Alternation, CharClass, Concat, Node, Repeat, parse_regex, to_regex
+from strictcall.grammars.regex import Alternation, CharClass, Concat, Node, Repeat, RuleRef, parse_regex, to_regex
 from strictcall.grammars.regex_builders import alt
 
 # JSON string content: one unit per decoded code point (a surrogate pair escape is one code point).
@@ -101,6 +101,8 @@ def json_escaped(node: Node) -> Node:
         return Concat(tuple(json_escaped(part) for part in node.parts))
     if isinstance(node, Alternation):
         return Alternation(tuple(json_escaped(option) for option in node.options))
+    if isinstance(node, RuleRef):
+        raise TypeError("a string pattern cannot call a rule")
     return Repeat(json_escaped(node.node), node.min_count, node.max_count)
 
 
@@ -119,6 +121,8 @@ def _length_range(node: Node) -> tuple[int, int | None]:
         ranges = [_length_range(option) for option in node.options] or [(0, 0)]
         highs = [high for _, high in ranges]
         return min(low for low, _ in ranges), None if None in highs else max(highs)  # type: ignore[type-var]
+    if isinstance(node, RuleRef):
+        raise TypeError("a string pattern cannot call a rule")
     inner_low, inner_high = _length_range(node.node)
     return inner_low * node.min_count, None if node.max_count is None or inner_high is None else inner_high * node.max_count
 

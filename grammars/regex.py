@@ -122,7 +122,15 @@ class Repeat:
             raise ValueError(f"Repeat bounds must satisfy 0 <= min <= max: {self.min_count}, {self.max_count}")
 
 
-Node = CharClass | Concat | Alternation | Repeat
+@dataclass(frozen=True)
+class RuleRef:
+    """`(?&name)`: the language of the grammar's rule `name` (defined in a `(?(DEFINE)...)` prefix, see
+    `parse_grammar`); rules may refer to each other and to themselves, which no regex can."""
+
+    name: str
+
+
+Node = CharClass | Concat | Alternation | Repeat | RuleRef
 
 EMPTY = Concat(())
 NOTHING = Alternation(())
@@ -163,9 +171,10 @@ _UNSUPPORTED_GROUPS = {"=": "lookahead", "!": "negative lookahead", "<=": "lookb
 class _Parser:
     """A single left-to-right pass with an explicit stack of open groups (no recursion)."""
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, allow_rules: bool = False) -> None:
         self.pattern = pattern
         self.pos = 0
+        self.allow_rules = allow_rules  # `(?&name)`: only in a grammar's patterns, never in a user's regex
 
     def error(self, position: int, message: str) -> RegexSyntaxError:
         shown = self.pattern if len(self.pattern) <= 80 else self.pattern[max(0, position - 30) : position + 30]
@@ -184,7 +193,16 @@ class _Parser:
             start = self.pos
             char = pattern[start]
             self.pos += 1
-            if char == "(":
+            if char == "(" and pattern.startswith("?&", self.pos) and self.allow_rules:
+                close = pattern.find(")", self.pos)
+                name = pattern[self.pos + 2 : close] if close >= 0 else ""
+                if not name.isidentifier():
+                    raise self.error(start, f"bad rule reference {name!r}")
+                self.pos = close + 1
+                items.append(RuleRef(name))
+                can_repeat = True
+                is_repeat = False
+            elif char == "(":
                 if not self._open_group(start):
                     continue  # a (?#...) comment
                 stack.append((start, options, items))
@@ -453,6 +471,11 @@ def parse_regex(pattern: str) -> Node:
     return _resolve_anchors(parser.parse(), EMPTY, parser)
 
 
+def _parse_rule_pattern(pattern: str) -> Node:
+    parser = _Parser(pattern, allow_rules=True)
+    return _resolve_anchors(parser.parse(), EMPTY, parser)
+
+
 def parse_search_pattern(pattern: str) -> Node:
     """Parse a JSON Schema `pattern`: an unanchored search, as ECMA-262's `RegExp.prototype.test` does.
 
@@ -522,7 +545,7 @@ def _quantifier_text(low: int, high: int | None) -> str:
 
 
 def _is_atom(node: Node) -> bool:
-    return isinstance(node, CharClass) or (isinstance(node, Concat) and len(node.parts) == 1 and _is_atom(node.parts[0]))
+    return isinstance(node, (CharClass, RuleRef)) or (isinstance(node, Concat) and len(node.parts) == 1 and _is_atom(node.parts[0]))
 
 
 def to_regex(node: Node) -> str:
@@ -542,6 +565,8 @@ def to_regex(node: Node) -> str:
             out.append(item)
         elif isinstance(item, CharClass):
             out.append(_class_to_regex(item))
+        elif isinstance(item, RuleRef):
+            out.append(f"(?&{item.name})")
         elif isinstance(item, Concat):
             for part in reversed(item.parts):
                 stack.extend((")", part, "(?:") if isinstance(part, Alternation) and part.options else (part,))
@@ -556,3 +581,68 @@ def to_regex(node: Node) -> str:
             stack.append(_quantifier_text(item.min_count, item.max_count))
             stack.extend((item.node,) if _is_atom(item.node) else (")", item.node, "(?:"))
     return "".join(out)
+
+
+_DEFINE = "(?(DEFINE)"
+
+
+def grammar_text(main: str, rules: Iterable[tuple[str, str]]) -> str:
+    """A grammar as one string: `rules` (name, regex) in a PCRE-style `(?(DEFINE)(?<name>regex)...)` prefix, then
+    `main`. With no rules it is `main` itself, a plain regex."""
+    definitions = "".join(f"(?<{name}>{regex})" for name, regex in rules)
+    return f"{_DEFINE}{definitions}){main}" if definitions else main
+
+
+def parse_grammar(text: str) -> tuple[Node, dict[str, Node]]:
+    """Parse a grammar written by `grammar_text`: the main pattern's AST and each rule's, by name.
+
+    Raises:
+        RegexSyntaxError: a malformed pattern or definition, a rule defined twice, or a reference to no rule.
+    """
+    rules: dict[str, Node] = {}
+    main = text
+    if text.startswith(_DEFINE):
+        position = len(_DEFINE)
+        while text.startswith("(?<", position):
+            close = text.find(">", position)
+            name = text[position + 3 : close] if close >= 0 else ""
+            end = _group_end(text, position)
+            if not name.isidentifier() or name in rules:
+                raise _Parser(text).error(position, f"bad or repeated rule name {name!r}")
+            rules[name] = _parse_rule_pattern(text[close + 1 : end])
+            position = end + 1
+        if not text.startswith(")", position):
+            raise _Parser(text).error(position, "a (?(DEFINE)...) prefix holds only (?<name>...) rules")
+        main = text[position + 1 :]
+    root = _parse_rule_pattern(main)
+    stack: list[Node] = [root, *rules.values()]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, RuleRef) and item.name not in rules:
+            raise RegexSyntaxError(f"grammar refers to rule {item.name!r}, which it does not define")
+        stack.extend(item.parts if isinstance(item, Concat) else item.options if isinstance(item, Alternation)
+                     else (item.node,) if isinstance(item, Repeat) else ())
+    return root, rules
+
+
+def _group_end(text: str, start: int) -> int:
+    """The index of the ')' closing the group opened at `start` (escapes and classes skipped)."""
+    depth, index = 0, start
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char == "[":
+            index += 2 if text.startswith("^", index + 1) else 1
+            index += 1 if text.startswith("]", index) else 0
+            while index < len(text) and text[index] != "]":
+                index += 2 if text[index] == "\\" else 1
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return index
+        index += 1
+    raise _Parser(text).error(start, "missing ')', unterminated rule")

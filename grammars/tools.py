@@ -23,7 +23,7 @@ from strictcall.grammars.compiler import CompiledGrammar, GrammarCompiler
 from strictcall.grammars.errors import GrammarError, TurnError
 from strictcall.grammars.formats import ToolCallFormat
 from strictcall.grammars.json_schema import SchemaRegex, json_schema_to_regex
-from strictcall.grammars.regex import escape
+from strictcall.grammars.regex import escape, grammar_text
 from strictcall.grammars.turn import FormatGrammars, FreeText, TurnGrammar, Unenforced
 
 _NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -168,11 +168,12 @@ class ToolGrammarCompiler:
                 arguments = json_schema_to_regex(tool.parameters, strict=tool.strict)
             except GrammarError as error:  # cached like a result: the same schema fails the same way
                 arguments = error
-            self._arguments.put(key, arguments, len(arguments.regex) if isinstance(arguments, SchemaRegex) else 0)
+            self._arguments.put(key, arguments, len(arguments.text) if isinstance(arguments, SchemaRegex) else 0)
         try:
             if isinstance(arguments, GrammarError):
                 raise arguments
-            return self.compiler.compile_regex(self.format.call_regex(tool.name, arguments.regex)), arguments.unenforced
+            call = grammar_text(self.format.call_regex(tool.name, arguments.regex), arguments.rules)
+            return self.compiler.compile_regex(call), arguments.unenforced
         except GrammarError as error:
             raise TurnError(f"tool {tool.name!r}, parameters {error}", "tools", index, error) from error
 

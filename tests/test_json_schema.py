@@ -12,6 +12,7 @@ import random
 import re
 import sys
 from collections import Counter
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
+from strictcall.grammars.automaton import DEAD, MAX_FRAME_DEPTH, LazyDfa, Nfa
 from strictcall.grammars.json_schema import (
     SchemaOptions,
+    SchemaRegex,
     UnsupportedSchemaError,
     json_schema_to_regex,
 )
-from strictcall.grammars.regex import Alternation, CharClass, Concat, Node, parse_regex
+from strictcall.grammars.regex import Alternation, CharClass, Concat, Node, RuleRef, parse_grammar, parse_regex
 
 NUM_BENCH_SAMPLE = 200  # of the 230 JSONSchemaBench records in tests/data
 
@@ -93,7 +96,7 @@ CASES = [
         "value": {"type": "integer"}, "next": {"$ref": "#/$defs/node"}}, "required": ["value"]}},
         "$ref": "#/$defs/node"},
      [{"value": 1}, {"value": 1, "next": {"value": 2, "next": {"value": 3}}}],
-     ['{"value": 1, "next": {"value": 2, "next": {"value": 3, "next": {"value": 4}}}}']),
+     ['{"value": 1, "next": {"value": "2"}}', '{"next": {"value": 2}}']),
     ("root ref", {"type": "array", "items": {"$ref": "#"}, "maxItems": 2}, [[], [[], [[]]]], ["[1]"]),
     ("false property", {"type": "object", "properties": {"a": False, "b": {"type": "null"}}}, [{"b": None}],
      ['{"a": 1}']),
@@ -244,13 +247,37 @@ def _validator(schema: Any) -> jsonschema.protocols.Validator:
     return validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
 
 
-def _sample(node: Node, rng: random.Random) -> str:
-    """A random string of the regex's language: a walk with repeats bounded at min + 2, ASCII preferred."""
+def _fullmatch(result: SchemaRegex) -> Callable[[str], bool]:
+    """Whether a text is in the grammar's language: Python's `re` (an independent reading) where there are no
+    rules, which `re` cannot call; else our automaton."""
+    if not result.rules:
+        return re.compile(result.regex).fullmatch  # type: ignore[return-value]
+    main, rules = parse_grammar(result.text)
+    dfa = LazyDfa(Nfa(main, rules=rules))
+
+    def match(text: str) -> bool:
+        state = dfa.walk(dfa.start, text.encode("utf-8"))
+        return state != DEAD and bool(dfa.is_accepting_state[state])
+
+    return match
+
+
+def _sample(node: Node, rng: random.Random, rules: dict[str, Node] | None = None) -> str:
+    """A random string of the grammar's language: a walk with repeats bounded at min + 2, ASCII preferred; past 20
+    nested rule calls, the option that calls least is taken (so the walk ends)."""
     out: list[str] = []
-    stack: list[Node] = [node]
+    stack: list[Node | int] = [node]
+    depth = 0
     while stack:
         item = stack.pop()
-        if isinstance(item, CharClass):
+        if isinstance(item, int):
+            depth += item
+        elif isinstance(item, RuleRef):
+            stack.extend([-1, (rules or {})[item.name]])
+            depth += 1
+        elif isinstance(item, Alternation) and depth > 20:
+            stack.append(min(item.options, key=lambda option: str(option).count("RuleRef")))
+        elif isinstance(item, CharClass):
             printable = [(max(lo, 0x20), min(hi, 0x7E)) for lo, hi in item.ranges if lo <= 0x7E and hi >= 0x20]
             ranges = printable if printable and rng.random() < 0.9 else list(item.ranges)
             low, high = rng.choice(ranges)
@@ -268,16 +295,16 @@ def _sample(node: Node, rng: random.Random) -> str:
 MAX_CHECKED_REGEX_CHARS = 150_000  # Python's re.compile needs ~1 s per 500 KB: the big ones are compile-only
 
 
-def _check_instances(schema: Any, regex: str, valid: list[Any], invalid: list[Any], stats: Counter[str],
+def _check_instances(schema: Any, result: SchemaRegex, valid: list[Any], invalid: list[Any], stats: Counter[str],
                      failures: list[str], name: str) -> None:
-    if len(regex) > MAX_CHECKED_REGEX_CHARS:
+    if len(result.text) > MAX_CHECKED_REGEX_CHARS:
         stats["instances not checked (regex too long for Python's re)"] += len(valid) + len(invalid)
         return
-    compiled = re.compile(regex)
+    fullmatch = _fullmatch(result)
     for instance in valid:
         undeclared: list[str] = []
         text = _compact(_declared_order(instance, schema, schema, undeclared))
-        if compiled.fullmatch(text):
+        if fullmatch(text):
             stats["valid matched"] += 1
         elif _out_of_bounds(instance):
             stats["valid outside documented bounds"] += 1
@@ -287,18 +314,18 @@ def _check_instances(schema: Any, regex: str, valid: list[Any], invalid: list[An
             failures.append(f"{name}: {text[:300]}")
     for instance in invalid:
         text = _compact(_declared_order(instance, schema, schema))
-        stats["invalid rejected" if not compiled.fullmatch(text) else "invalid accepted"] += 1
+        stats["invalid rejected" if not fullmatch(text) else "invalid accepted"] += 1
 
 
 @pytest.mark.parametrize(("schema", "valid", "invalid"), [row[1:] for row in CASES], ids=[row[0] for row in CASES])
 def test_cases(schema: dict[str, Any], valid: list[Any], invalid: list[str]) -> None:
-    compiled = re.compile(json_schema_to_regex(schema).regex)
+    fullmatch = _fullmatch(json_schema_to_regex(schema))
     validator = _validator(schema)
     for instance in valid:
         assert validator.is_valid(instance), instance  # the table itself is right
-        assert compiled.fullmatch(_compact(instance)), _compact(instance)
+        assert fullmatch(_compact(instance)), _compact(instance)
     for text in invalid:
-        assert not compiled.fullmatch(text), text
+        assert not fullmatch(text), text
 
 
 @pytest.mark.parametrize(("schema", "keyword"), [row[1:] for row in UNSUPPORTED], ids=[row[0] for row in UNSUPPORTED])
@@ -328,11 +355,77 @@ def test_errors_name_pointer_and_fix() -> None:
         json_schema_to_regex({"$ref": "https://example.com/schema.json"})
     with pytest.raises(UnsupportedSchemaError, match="accepts no instance"):
         json_schema_to_regex(False)
-    with pytest.raises(UnsupportedSchemaError, match="max_recursion_depth"):
+    with pytest.raises(UnsupportedSchemaError, match="nests another without end"):
         json_schema_to_regex({"type": "object", "properties": {"me": {"$ref": "#"}}, "required": ["me"]})
     with pytest.raises(UnsupportedSchemaError, match="max_regex_chars=1000"):
         json_schema_to_regex({"type": "object", "properties": {f"p{i}": {} for i in range(3)}},
                              options=SchemaOptions(max_regex_chars=1000))
+
+
+TREE = {"$defs": {"node": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 4},
+                                                            "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+                           "required": ["name"]}}, "$ref": "#/$defs/node"}
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    node: dict[str, Any] = {"name": "leaf"}
+    for _ in range(depth - 1):
+        node = {"name": "n", "children": [node, {"name": "x"}]}
+    return node
+
+
+def test_recursion_is_exact_up_to_the_frame_depth() -> None:
+    result = json_schema_to_regex(TREE)
+    assert [name for name, _ in result.rules] == ["r0"] and result.regex == "(?&r0)"
+    fullmatch = _fullmatch(result)
+    validator = _validator(TREE)
+    for depth in (1, 4, 30, MAX_FRAME_DEPTH):
+        assert validator.is_valid(_nested(depth)) and fullmatch(_compact(_nested(depth))), depth
+    assert not fullmatch(_compact(_nested(MAX_FRAME_DEPTH + 1)))  # the documented bound
+    assert not fullmatch('{"name": "n", "children": [{"name": "toolong"}]}')
+    assert not fullmatch('{"name": "n", "children": [{"children": []}]}')
+
+
+def test_a_reference_is_compiled_once_however_often_it_is_used() -> None:
+    big = {"type": "object", "properties": {f"field_{i}": {"type": "string", "format": "date-time"} for i in range(12)}}
+    schema = {"$defs": {"big": big}, "type": "object",
+              "properties": {f"p{i}": {"$ref": "#/$defs/big"} for i in range(40)}}
+    result = json_schema_to_regex(schema)
+    assert len(result.rules) == 1 and result.regex.count("(?&r0)") >= 40  # an optional member is written twice
+    assert len(result.text) < 4 * len(result.rules[0][1])  # the definition once, short calls (inlined: 79 copies)
+    small = json_schema_to_regex({"$defs": {"n": {"type": "integer"}}, "type": "array", "items": {"$ref": "#/$defs/n"}})
+    assert not small.rules  # small and not recursive: inlined, a flat regex
+    fullmatch = _fullmatch(result)
+    stamp = "2024-01-02T03:04:05Z"
+    assert fullmatch(_compact({"p0": {"field_0": stamp}, "p39": {}})) and not fullmatch(_compact({"p0": {"field_0": "x"}}))
+
+
+def test_references_that_blow_up_when_inlined_stay_small() -> None:
+    """Each level references the one below twice: inlined, 2**12 copies (a 737k-character regex)."""
+    defs: dict[str, Any] = {"d0": {"type": "string", "maxLength": 3}}
+    for i in range(1, 13):
+        ref = {"$ref": f"#/$defs/d{i - 1}"}
+        defs[f"d{i}"] = {"type": "object", "properties": {"a": ref, "b": ref}, "required": ["a", "b"]}
+    result = json_schema_to_regex({"$defs": defs, "$ref": "#/$defs/d12"})
+    assert len(result.text) < 20_000
+    fullmatch = _fullmatch(result)
+    instance: Any = "abc"
+    for _ in range(6):  # 64 leaves (each path through the tree is a context of its own to the automaton)
+        instance = {"a": instance, "b": instance}
+    fullmatch = _fullmatch(json_schema_to_regex({"$defs": defs, "$ref": "#/$defs/d6"}))
+    assert fullmatch(_compact(instance)) and not fullmatch(_compact(instance).replace('"abc"', '"abcd"', 1))
+
+
+def test_mutual_recursion_and_a_definition_that_needs_no_end() -> None:
+    schema = {"$defs": {"a": {"type": "array", "items": {"$ref": "#/$defs/b"}, "maxItems": 2},
+                        "b": {"anyOf": [{"type": "integer"}, {"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"}
+    fullmatch = _fullmatch(json_schema_to_regex(schema))
+    assert fullmatch("[1, [2, [[3]]]]") and fullmatch("[]") and not fullmatch("[1, 2, 3]") and not fullmatch('["x"]')
+    # An optional property whose schema can never end is simply never written.
+    endless = {"$defs": {"e": {"type": "object", "properties": {"e": {"$ref": "#/$defs/e"}}, "required": ["e"]}},
+               "type": "object", "properties": {"x": {"type": "integer"}, "never": {"$ref": "#/$defs/e"}}}
+    fullmatch = _fullmatch(json_schema_to_regex(endless))
+    assert fullmatch('{"x": 1}') and fullmatch("{}") and not fullmatch('{"never": {"e": {}}}')
 
 
 def test_options_are_checked() -> None:
@@ -376,7 +469,7 @@ def test_bfcl_tools(data_dir: Path) -> None:
                 validator = _validator(schema)
                 instances = answers.get(record["name_map"].get(function["name"], function["name"]), [])
                 valid = [instance for instance in instances if validator.is_valid(instance)]
-                _check_instances(schema, result.regex, valid, [], stats, failures, record["id"])
+                _check_instances(schema, result, valid, [], stats, failures, record["id"])
     print(dict(stats))
     assert not failures, failures[:5]
     assert stats["valid matched"] >= 130  # 147 reference answers in the sample
@@ -394,7 +487,7 @@ def test_bench_sample_valid_instances_match(data_dir: Path) -> None:
         stats["compiled"] += 1
         valid = [test["data"] for test in record["tests"] if test["valid"]]
         invalid = [test["data"] for test in record["tests"] if not test["valid"]]
-        _check_instances(record["schema"], result.regex, valid, invalid, stats, failures, record["id"])
+        _check_instances(record["schema"], result, valid, invalid, stats, failures, record["id"])
     print(dict(stats))
     assert not failures, failures[:5]
     assert stats["compiled"] >= 0.75 * NUM_BENCH_SAMPLE
@@ -408,15 +501,15 @@ def test_random_strings_validate(data_dir: Path) -> None:
     checked = 0
     for schema in schemas:
         try:
-            regex = json_schema_to_regex(schema).regex
+            result = json_schema_to_regex(schema)
         except UnsupportedSchemaError:
             continue
-        if len(regex) > 200_000:
+        if len(result.text) > 200_000:
             continue  # the sampler is quadratic-free but these take seconds each to parse in Python
-        node = parse_regex(regex)
+        node, rules = parse_grammar(result.text)
         validator = _validator(schema)
         for _ in range(3):
-            text = _sample(node, rng)
+            text = _sample(node, rng, rules)
             instance = json.loads(text)
             errors = [error.message for error in validator.iter_errors(instance)]
             assert not errors, (schema, text, errors)

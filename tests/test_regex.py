@@ -16,7 +16,10 @@ from strictcall.grammars.regex import (
     Node,
     RegexSyntaxError,
     Repeat,
+    RuleRef,
     escape,
+    grammar_text,
+    parse_grammar,
     parse_regex,
     parse_search_pattern,
     to_regex,
@@ -237,3 +240,25 @@ def test_round_trip_preserves_the_language(node: Node, samples: list[str]) -> No
         expected = ast_matches(node, sample)
         assert ast_matches(reparsed, sample) == expected, (serialized, sample)
         assert (re.fullmatch(serialized, sample) is not None) == expected, (serialized, sample)
+
+
+def test_grammars_hold_rules_that_call_each_other() -> None:
+    text = grammar_text("(?&value)", [("value", "\\[(?:(?&value)(?:, (?&value))*)?\\]|[0-9]+"), ("unused", "a")])
+    assert text.startswith("(?(DEFINE)(?<value>") and grammar_text("ab", []) == "ab"
+    main, rules = parse_grammar(text)
+    assert main == RuleRef("value") and set(rules) == {"value", "unused"}
+    assert to_regex(rules["unused"]) == "a" and "(?&value)" in to_regex(rules["value"])
+    assert parse_grammar("[(?&x)]") == (parse_regex("[(?&x)]"), {})  # inside a class it is just characters
+    with pytest.raises(RegexSyntaxError, match="does not define"):
+        parse_grammar(grammar_text("(?&nope)", [("value", "1")]))
+    with pytest.raises(RegexSyntaxError, match="repeated rule name"):
+        parse_grammar("(?(DEFINE)(?<a>1)(?<a>2))(?&a)")
+    with pytest.raises(RegexSyntaxError, match="unterminated rule"):
+        parse_grammar("(?(DEFINE)(?<a>(1)")
+
+
+def test_a_users_regex_cannot_call_rules() -> None:
+    with pytest.raises(RegexSyntaxError, match="not supported"):
+        parse_regex("(?&r0)")
+    with pytest.raises(RegexSyntaxError):
+        parse_search_pattern("x(?&r0)")

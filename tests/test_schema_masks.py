@@ -174,6 +174,32 @@ def test_random_walks_give_valid_instances(compiler, smollm2_vocabulary: Vocabul
     assert num_valid >= 40
 
 
+RECURSIVE_SCHEMAS = [
+    {"$defs": {"node": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                                         "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+                        "required": ["name", "children"]}}, "$ref": "#/$defs/node"},
+    {"$defs": {"expr": {"anyOf": [{"type": "integer"}, {"type": "object", "properties": {
+        "op": {"enum": ["+", "*"]}, "args": {"type": "array", "items": {"$ref": "#/$defs/expr"}, "minItems": 2, "maxItems": 2}},
+        "required": ["op", "args"]}]}}, "$ref": "#/$defs/expr"},
+]
+
+
+def test_random_walks_through_recursive_schemas_give_valid_instances(compiler, smollm2_vocabulary: Vocabulary) -> None:
+    """Rules called from inside themselves (a tree, an expression): every finished walk is a valid instance, and
+    the walks do nest (the mask lets tokens cross into and out of rule calls)."""
+    rng = np.random.default_rng(1)
+    depths = []
+    for schema in RECURSIVE_SCHEMAS:
+        grammar = compiler.compile_json_schema(schema)
+        validator = jsonschema.validators.validator_for(schema)(schema)
+        for _ in range(12):
+            text = random_instance(grammar, smollm2_vocabulary, rng, max_steps=400)
+            if text is not None:
+                assert validator.is_valid(json.loads(text)), text[:300]
+                depths.append(text.count("{"))
+    assert len(depths) >= 12 and max(depths) >= 3
+
+
 def test_non_ascii_values_can_be_generated(compiler, smollm2_tokenizer) -> None:
     grammar = compiler.compile_json_schema({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
     text = compact({"city": "東京 é 🙂 naïve"})
