@@ -100,7 +100,7 @@ class Ours:
         return self._matcher_cls(grammar)
 
     def is_first_visit(self, matcher: Any) -> bool:
-        return not matcher.is_terminated() and matcher.state not in matcher.grammar._masks
+        return not matcher.is_terminated() and not matcher.grammar.has_mask(matcher.state)
 
     def fill(self, matcher: Any) -> None:
         matcher.fill_next_token_bitmask(self.bitmask, 0)

@@ -10,7 +10,11 @@ Invariant: the DFA accepts exactly the UTF-8 encodings of the strings the gramma
 `MAX_FRAME_DEPTH` rule calls open at once, and every live DFA state can still reach acceptance within that
 depth (threads that cannot are pruned), so a byte that keeps a state alive never leads into a dead end.
 Compiling builds only the NFA (linear in the grammar); a DFA state's row of 256 transitions is computed the first
-time a walk reaches it, then kept in a dense numpy table that vectorized token walks index directly.
+time a walk reaches it, then kept in a dense numpy table that vectorized token walks index directly. The table
+is a cache, never a limit: past `max_states` states, `flush_if_full` forgets them all (as RE2 does) and they are
+made again as walks reach them, so a grammar whose DFA would be huge (`[a-z]*a[a-z]{40}`) is slower, never
+refused in the middle of a generation. Callers outside a single operation hold a state as its set of threads
+(`DfaState`), which stays valid across flushes; ids are valid until the next flush.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ UNEXPANDED = -2
 DEFAULT_MAX_NFA_STATES = 2_000_000
 # Counted repeats with more copies than this are unrolled lazily (see `Nfa`).
 _EAGER_COPIES = 16
-# 50,000 states x 256 x 4 bytes = 51 MB of transition table at most per grammar (counted repeats, e.g. maxItems
-# x maxLength, need one state per position reached; JSONSchemaBench Github_easy/o9925 passed 20,000).
+# States kept before a flush: 50,000 x 256 x 4 bytes = 51 MB of transition table per grammar (counted repeats,
+# e.g. maxItems x maxLength, need one state per position reached; JSONSchemaBench Github_easy/o9925 passed 20,000).
 DEFAULT_MAX_DFA_STATES = 50_000
 _MAX_FORCED_BYTES = 4096
 # Most rule calls open at once (a JSON Schema `$ref` nesting depth): far above what a recursive schema's instances
@@ -45,6 +49,8 @@ MAX_FRAME_DEPTH = 64
 # A thread is `stack id << _STACK_SHIFT | NFA state`.
 _STACK_SHIFT = 32
 _STATE_MASK = (1 << _STACK_SHIFT) - 1
+# A DFA state as its set of threads; the empty set is the dead state.
+DfaState = frozenset[int]
 
 
 @contextmanager
@@ -335,8 +341,9 @@ class LazyDfa:
 
     A DFA state is the set of threads (NFA state, stack of return states) that have byte edges (or accept)
     reachable by epsilons, calls and returns, restricted to those that can still reach acceptance within
-    `max_depth` open calls. `table[s, b]` is the next state, `DEAD`, or (for a
-    row not yet computed) `UNEXPANDED`. Thread-safe: expansion holds a lock.
+    `max_depth` open calls. `table[s, b]` is the next state, `DEAD`, or (for a row not yet computed)
+    `UNEXPANDED`. Thread-safe: expansion holds a lock; a flush must not run while another thread uses ids
+    (`CompiledGrammar` holds its lock around both). The stacks are never flushed (threads name them).
     """
 
     def __init__(self, nfa: Nfa, max_states: int = DEFAULT_MAX_DFA_STATES, max_depth: int = MAX_FRAME_DEPTH):
@@ -347,6 +354,12 @@ class LazyDfa:
         self._stacks: list[tuple[int, int, int, float]] = [(-1, 0, 0, 0)]
         self._stack_ids: dict[tuple[int, int], int] = {}
         self._lock = threading.RLock()
+        self.num_flushes = 0
+        self._reset()
+        self.start_threads: DfaState = self._closure_of([nfa.start]) if nfa.distance[nfa.start] >= 0 else frozenset()
+        self.start = self.intern(self.start_threads)
+
+    def _reset(self) -> None:
         self._closures: dict[int, frozenset[int]] = {}
         self._ids: dict[frozenset[int], int] = {}
         self._sets: list[frozenset[int]] = []
@@ -354,8 +367,24 @@ class LazyDfa:
         self.is_accepting_state = np.zeros(16, dtype=bool)
         self.min_bytes_to_accept = np.zeros(16, dtype=np.int64)
         self._forced: dict[int, bytes] = {}
-        start = self._closure_of([nfa.start]) if nfa.distance[nfa.start] >= 0 else frozenset()
-        self.start = self._state_id(start) if start else DEAD
+
+    def flush_if_full(self) -> bool:
+        """Forget every state if there are more than `max_states` (ids change; `DfaState`s stay valid)."""
+        with self._lock:
+            if len(self._sets) <= self.max_states:
+                return False
+            self._reset()
+            self.start = self.intern(self.start_threads)
+            self.num_flushes += 1
+            return True
+
+    def intern(self, threads: DfaState) -> int:
+        """The id of the state with these threads (DEAD for none)."""
+        return self._state_id(threads) if threads else DEAD
+
+    def threads_of(self, state: int) -> DfaState:
+        """The threads of state `state` (none for DEAD)."""
+        return self._sets[state] if state >= 0 else frozenset()
 
     @property
     def num_states(self) -> int:
@@ -432,11 +461,6 @@ class LazyDfa:
             return state_id
         state_id = len(self._sets)
         check_cancelled()
-        if state_id >= self.max_states:
-            raise AutomatonLimitError(
-                f"the grammar needs more than {self.max_states} DFA states; simplify the schema "
-                "(fewer optional properties or alternatives, smaller bounds)"
-            )
         if state_id >= len(self.table):
             self._grow()
         self._ids[nfa_states] = state_id

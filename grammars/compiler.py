@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from strictcall.grammars.automaton import DEAD, DEFAULT_MAX_DFA_STATES, DEFAULT_MAX_NFA_STATES, LazyDfa, Nfa, paused_gc
+from strictcall.grammars.automaton import DEAD, DEFAULT_MAX_DFA_STATES, DEFAULT_MAX_NFA_STATES, DfaState, LazyDfa, Nfa, paused_gc
 from strictcall.grammars.cache import ByteBudget, LruCache, Tracker
 from strictcall.grammars.disk_cache import DiskCache
 from strictcall.grammars.errors import GrammarError
@@ -25,6 +25,8 @@ from strictcall.grammars.matcher import GrammarMatcher
 from strictcall.grammars.regex import parse_grammar
 from strictcall.grammars.vocabulary import Vocabulary
 
+_DEAD_STATE: DfaState = frozenset()
+
 
 @dataclass(frozen=True)
 class CompilerLimits:
@@ -32,8 +34,9 @@ class CompilerLimits:
 
     Attributes:
         max_nfa_states: NFA size; ~100 bytes of Python objects per state.
-        max_dfa_states: DFA states per grammar; each costs a 1 KB transition row and, once visited, a
-            token mask of ceil(V/32) * 4 bytes (6 KB for a 49,152-token vocabulary).
+        max_dfa_states: DFA states a grammar keeps; each costs a 1 KB transition row and, once visited, a
+            token mask of ceil(V/32) * 4 bytes (6 KB for a 49,152-token vocabulary). Past it the states are
+            flushed and made again as needed (slower, never an error: a limit is never met mid-generation).
         max_cached_grammars: compiled grammars kept (least recently used dropped first).
         max_cache_bytes: the memory all cached grammars and turns of a compiler may hold, masks computed during
             generation included (`--grammar-cache-mb`); past it the least recently used are dropped. One grammar
@@ -73,7 +76,7 @@ class CompiledGrammar:
         self._exits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._budget_masks: LruCache[np.ndarray] = LruCache(256)  # (state, bytes left) -> mask, for the last tokens
         self._extra_bytes = 0  # masks and exits
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # around every use of DFA ids (a flush renumbers the states)
         self._tracker: Tracker | None = None
         self.attach(budget)
 
@@ -93,8 +96,8 @@ class CompiledGrammar:
             self._tracker.set(self.num_bytes)
 
     @property
-    def start_state(self) -> int:
-        return self.dfa.start
+    def start_state(self) -> DfaState:
+        return self.dfa.start_threads
 
     def new_matcher(self) -> GrammarMatcher:
         return GrammarMatcher(self)
@@ -107,10 +110,21 @@ class CompiledGrammar:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._tracker = None
         self._budget_masks = LruCache(256)
-        self.__dict__.setdefault("_max_next_distance", {})
+
+    def _id(self, state: DfaState) -> int:
+        """The DFA id of `state` (callers hold the lock), after a flush if the table is full: the flush point of
+        every operation, so ids are never held across one."""
+        if self.dfa.flush_if_full():
+            self._masks.clear()
+            self._max_next_distance.clear()
+            self._exits.clear()
+            self._budget_masks = LruCache(256)
+            self._extra_bytes = 0
+            self._account()
+        return self.dfa.intern(state)
 
     def warm_up(self, max_states: int) -> int:
         """Compute the masks of up to `max_states` states reachable from the start (for the disk cache).
@@ -118,43 +132,53 @@ class CompiledGrammar:
         Returns:
             The number of states whose masks are now cached.
         """
-        seen = {self.start_state}
-        frontier = [self.start_state]
-        while frontier and len(self._masks) < max_states:
-            state = frontier.pop(0)
-            self.token_bitmask(state)
-            for nxt in np.unique(self.dfa.expand(state)).tolist():
-                if nxt >= 0 and nxt not in seen:
-                    seen.add(nxt)
-                    frontier.append(nxt)
-        return len(self._masks)
+        with self._lock:
+            start = self._id(self.start_state)
+            seen = {start}
+            frontier = [start]
+            while frontier and len(self._masks) < max_states:
+                state = frontier.pop(0)
+                self._mask(state)
+                for nxt in np.unique(self.dfa.expand(state)).tolist():
+                    if nxt >= 0 and nxt not in seen:
+                        seen.add(nxt)
+                        frontier.append(nxt)
+            return len(self._masks)
 
-    def token_bitmask(self, state: int) -> np.ndarray:
+    def has_mask(self, state: DfaState) -> bool:
+        """Whether the mask of `state` is computed already (its next `token_bitmask` is a lookup)."""
+        with self._lock:
+            return self.dfa._ids.get(state, DEAD) in self._masks
+
+    def token_bitmask(self, state: DfaState) -> np.ndarray:
         """The packed mask of tokens allowed in `state` (end-of-sequence ids included where it accepts)."""
+        with self._lock:
+            return self._mask(self._id(state))
+
+    def _mask(self, state: int) -> np.ndarray:
         mask = self._masks.get(state)
         if mask is None:
-            with self._lock:
-                mask = self._masks.get(state)
-                if mask is None:
-                    with paused_gc():
-                        token_ids, next_states = allowed_token_ids(self.dfa, state, self.vocabulary.content_tokens)
-                    self._max_next_distance[state] = int(self.dfa.min_bytes_to_accept[next_states].max()) if len(next_states) else 0
-                    mask = pack_token_bitmask(token_ids, self.vocabulary.num_words)
-                    if self.dfa.is_accepting_state[state]:
-                        mask |= self.vocabulary.eos_bitmask
-                    mask.setflags(write=False)
-                    self._masks[state] = mask
-                    self._extra_bytes += mask.nbytes
-                    self._account()
+            with paused_gc():
+                token_ids, next_states = allowed_token_ids(self.dfa, state, self.vocabulary.content_tokens)
+            self._max_next_distance[state] = int(self.dfa.min_bytes_to_accept[next_states].max()) if len(next_states) else 0
+            mask = pack_token_bitmask(token_ids, self.vocabulary.num_words)
+            if self.dfa.is_accepting_state[state]:
+                mask |= self.vocabulary.eos_bitmask
+            mask.setflags(write=False)
+            self._masks[state] = mask
+            self._extra_bytes += mask.nbytes
+            self._account()
         return mask
 
-    def max_next_distance(self, state: int) -> int:
+    def max_next_distance(self, state: DfaState) -> int:
         """The most bytes-to-accept any token allowed in `state` can leave (its mask computed first if need be)."""
-        if state not in self._max_next_distance:
-            self.token_bitmask(state)
-        return self._max_next_distance[state]
+        with self._lock:
+            state_id = self._id(state)
+            if state_id not in self._max_next_distance:
+                self._mask(state_id)
+            return self._max_next_distance[state_id]
 
-    def token_bitmask_within(self, state: int, max_bytes: int) -> np.ndarray:
+    def token_bitmask_within(self, state: DfaState, max_bytes: int) -> np.ndarray:
         """`token_bitmask(state)` without the tokens after which more than `max_bytes` bytes are needed to accept.
 
         The budget-aware mask: a token emits at least one byte and every byte is a token, so a state `d` bytes from
@@ -164,52 +188,72 @@ class CompiledGrammar:
         """
         if max_bytes >= self.max_next_distance(state):
             return self.token_bitmask(state)
-        key = (state, max_bytes)
-        mask = self._budget_masks.get(key)
-        if mask is None:
-            with paused_gc():
-                token_ids, next_states = allowed_token_ids(self.dfa, state, self.vocabulary.content_tokens)
-            keep = token_ids[self.dfa.min_bytes_to_accept[next_states] <= max_bytes]
-            mask = pack_token_bitmask(keep, self.vocabulary.num_words)
-            if self.dfa.is_accepting_state[state]:
-                mask |= self.vocabulary.eos_bitmask
-            mask.setflags(write=False)
-            self._budget_masks.put(key, mask)
-        return mask
+        with self._lock:
+            state_id = self._id(state)
+            key = (state_id, max_bytes)
+            mask = self._budget_masks.get(key)
+            if mask is None:
+                with paused_gc():
+                    token_ids, next_states = allowed_token_ids(self.dfa, state_id, self.vocabulary.content_tokens)
+                keep = token_ids[self.dfa.min_bytes_to_accept[next_states] <= max_bytes]
+                mask = pack_token_bitmask(keep, self.vocabulary.num_words)
+                if self.dfa.is_accepting_state[state_id]:
+                    mask |= self.vocabulary.eos_bitmask
+                mask.setflags(write=False)
+                self._budget_masks.put(key, mask)
+            return mask
 
-    def tokens_through_accepting(self, state: int) -> tuple[np.ndarray, np.ndarray]:
+    def tokens_through_accepting(self, state: DfaState) -> tuple[np.ndarray, np.ndarray]:
         """Tokens that complete the grammar before their last byte, with that byte position (cached per state)."""
-        exits = self._exits.get(state)
-        if exits is None:
-            with self._lock:
-                exits = self._exits.get(state)
-                if exits is None:
-                    with paused_gc():
-                        exits = tokens_through_accepting(self.dfa, state, self.vocabulary.content_tokens)
-                    self._exits[state] = exits
-                    self._extra_bytes += exits[0].nbytes + exits[1].nbytes
-                    self._account()
-        return exits
+        with self._lock:
+            state_id = self._id(state)
+            exits = self._exits.get(state_id)
+            if exits is None:
+                with paused_gc():
+                    exits = tokens_through_accepting(self.dfa, state_id, self.vocabulary.content_tokens)
+                self._exits[state_id] = exits
+                self._extra_bytes += exits[0].nbytes + exits[1].nbytes
+                self._account()
+            return exits
 
-    def next_state(self, state: int, token_id: int) -> int:
-        """The state after a content token, or DEAD (also for special tokens and ids past the tokenizer)."""
+    def next_state(self, state: DfaState, token_id: int) -> DfaState:
+        """The state after a content token, or the dead state (also for special tokens and ids past the tokenizer)."""
         if not 0 <= token_id < self.vocabulary.vocab_size:
-            return DEAD
+            return _DEAD_STATE
         data = self.vocabulary.token_bytes[token_id]
-        return DEAD if not data else self.dfa.walk(state, data)
+        return self.walk(state, data) if data else _DEAD_STATE
 
-    def is_accepting(self, state: int) -> bool:
-        return bool(self.dfa.is_accepting_state[state])
+    def walk(self, state: DfaState, data: bytes) -> DfaState:
+        """The state after `data` (dead if it leaves the grammar)."""
+        with self._lock:
+            return self.dfa.threads_of(self.dfa.walk(self._id(state), data))
 
-    def is_end_only(self, state: int) -> bool:
+    def walk_each(self, state: DfaState, data: bytes) -> list[DfaState]:
+        """The state after each byte of `data`, up to the first dead one (for tokens that may cross the end)."""
+        with self._lock:
+            current, out = self._id(state), []
+            for byte in data:
+                current = int(self.dfa.expand(current)[byte])
+                out.append(self.dfa.threads_of(current))
+                if current == DEAD:
+                    break
+            return out
+
+    def is_accepting(self, state: DfaState) -> bool:
+        return self.dfa.nfa.accept in state
+
+    def is_end_only(self, state: DfaState) -> bool:
         """The state accepts and allows no content token: only end-of-sequence may follow."""
         return self.is_accepting(state) and np.array_equal(self.token_bitmask(state), self.vocabulary.eos_bitmask)
 
-    def forced_bytes(self, state: int) -> bytes:
-        return self.dfa.forced_bytes(state)
+    def forced_bytes(self, state: DfaState) -> bytes:
+        with self._lock:
+            return self.dfa.forced_bytes(self._id(state))
 
-    def min_bytes_to_accept(self, state: int) -> int:
-        return int(self.dfa.min_bytes_to_accept[state])
+    def min_bytes_to_accept(self, state: DfaState) -> int:
+        with self._lock:
+            state_id = self._id(state)  # first: a flush replaces the array
+            return int(self.dfa.min_bytes_to_accept[state_id])
 
 
 class GrammarCompiler:

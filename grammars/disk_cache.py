@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from strictcall.grammars.compiler import CompiledGrammar, CompilerLimits
     from strictcall.grammars.vocabulary import Vocabulary
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: grammars with rules, DFA states held as thread sets
 
 
 class DiskCache:

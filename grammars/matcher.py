@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from strictcall.grammars.automaton import DEAD
+from strictcall.grammars.automaton import DfaState
 from strictcall.grammars.errors import GrammarError
 from strictcall.grammars.masks import write_bitmask_row
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from strictcall.grammars.compiler import CompiledGrammar
     from strictcall.grammars.vocabulary import Vocabulary
 
-_TERMINATED = -3
+_TERMINATED: DfaState = frozenset({-1})  # no real state holds a negative thread
 
 
 class Matcher(Protocol):
@@ -89,19 +89,19 @@ class GrammarMatcher:
     """
 
     def __init__(self, grammar: CompiledGrammar):
-        if grammar.start_state == DEAD:
+        if not grammar.start_state:
             raise GrammarError(f"grammar {grammar.regex[:80]!r} matches no string at all")
         self.grammar = grammar
         self._eos_ids = frozenset(grammar.vocabulary.eos_token_ids)
-        self._states = [grammar.start_state]
+        self._states: list[DfaState] = [grammar.start_state]
 
     @property
-    def state(self) -> int:
+    def state(self) -> DfaState:
         """The current DFA state (meaningless once terminated)."""
         return self._states[-1]
 
     def is_terminated(self) -> bool:
-        return self._states[-1] == _TERMINATED
+        return self._states[-1] is _TERMINATED
 
     def is_accepting(self) -> bool:
         return self.is_terminated() or self.grammar.is_accepting(self.state)
@@ -121,7 +121,7 @@ class GrammarMatcher:
             self._states.append(_TERMINATED)
             return True
         nxt = self.grammar.next_state(self.state, token_id)
-        if nxt == DEAD:
+        if not nxt:
             return False
         self._states.append(nxt)
         return True
@@ -129,8 +129,8 @@ class GrammarMatcher:
     def accept_bytes(self, data: bytes) -> bool:
         if self.is_terminated():
             return False
-        nxt = self.grammar.dfa.walk(self.state, data)
-        if nxt == DEAD:
+        nxt = self.grammar.walk(self.state, data)
+        if not nxt:
             return False
         self._states.append(nxt)
         return True

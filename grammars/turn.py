@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -94,9 +95,9 @@ class FreeText:
 
 
 # A configuration: (segment, tool name or "", grammar state, number of calls completed before it).
-# Segments: "text" (free text; the state is the trigger automaton's), "prefix", "call", "sep", "suffix" (the
-# format's pieces around the calls), "answer" (response_format).
-Config = tuple[str, str, int, int]
+# Segments: "text" (free text; the state is the trigger automaton's, an int), "prefix", "call", "sep", "suffix"
+# (the format's pieces around the calls), "answer" (response_format); their states are `DfaState`s.
+Config = tuple[str, str, Any, int]
 
 
 @dataclass(frozen=True)
@@ -252,9 +253,8 @@ class TurnGrammar:
             return out
         grammar = self.grammar_of(config)
         out = set()
-        for i, byte in enumerate(data):
-            state = int(grammar.dfa.expand(state)[byte])
-            if state == DEAD:
+        for i, state in enumerate(grammar.walk_each(config[2], data)):  # noqa: B020 (the last one is used below)
+            if not state:
                 return out
             if i + 1 < len(data) and grammar.is_accepting(state):
                 # The token goes on past the end of this segment into what may follow it.
@@ -308,7 +308,7 @@ class TurnGrammar:
         out = []
         for token_id, position in zip(token_ids.tolist(), positions.tolist()):
             data = self.vocabulary.token_bytes[token_id]
-            done = (segment, name, grammar.dfa.walk(state, data[:position]), num_calls)
+            done = (segment, name, grammar.walk(state, data[:position]), num_calls)
             follow = self.follow_ons(done)
             if follow and self.advance(follow, data[position:]):
                 out.append(token_id)

@@ -257,15 +257,64 @@ def test_padded_logits_width_never_allows_padding(smollm2_tokenizer) -> None:
     assert GrammarMatcher(grammar).accept_token(49152 + 5) is False
 
 
-def test_limits_give_clear_errors(byte_vocabulary: Vocabulary) -> None:
-    compiler = GrammarCompiler(byte_vocabulary, CompilerLimits(max_dfa_states=5))
-    matcher = GrammarMatcher(compiler.compile_regex("a{20}"))  # one DFA state per byte
-    with pytest.raises(AutomatonLimitError, match="more than 5 DFA states"):
-        for _ in range(20):
-            matcher.next_token_bitmask()
-            matcher.accept_bytes(b"a")
+def test_a_full_dfa_is_flushed_never_refused(byte_vocabulary: Vocabulary) -> None:
+    """Past max_dfa_states the states are forgotten and made again: the same answers, no error mid-generation."""
+    small = GrammarCompiler(byte_vocabulary, CompilerLimits(max_dfa_states=5)).compile_regex("a{20}(b|c)")
+    roomy = GrammarCompiler(byte_vocabulary).compile_regex("a{20}(b|c)")
+    ours, reference = GrammarMatcher(small), GrammarMatcher(roomy)
+    for byte in b"a" * 20 + b"c":
+        assert np.array_equal(ours.next_token_bitmask(), reference.next_token_bitmask())
+        assert ours.forced_bytes() == reference.forced_bytes() and ours.min_bytes_to_end() == reference.min_bytes_to_end()
+        assert ours.accept_bytes(bytes([byte])) and reference.accept_bytes(bytes([byte]))
+    assert small.dfa.num_flushes >= 3 and ours.is_accepting()
+    ours.rollback(5)  # states held from before a flush stay valid
+    assert ours.accept_bytes(b"aaaa") and not ours.accept_bytes(b"a") and ours.accept_bytes(b"b") and ours.is_accepting()
     with pytest.raises(AutomatonLimitError, match="NFA states"):
         GrammarCompiler(byte_vocabulary, CompilerLimits(max_nfa_states=100)).compile_regex("x" * 200)
+
+
+# Adversarial for a DFA: many optional properties (each subset of them a state), nested anyOf of objects sharing
+# keys, a long counted repeat of a union, a regex whose DFA is exponential, and recursion.
+ADVERSARIAL_SCHEMAS = [  # (schema, max_dfa_states: low enough to be passed, and flushed, many times)
+    ({"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(40)}}, 100),
+    ({"anyOf": [{"type": "object", "properties": {"a": {"anyOf": [{"type": "string", "maxLength": 3}, {"type": "integer"}]},
+                                                  "b": {"type": "boolean"}}, "required": ["a"]},
+                {"type": "object", "properties": {"a": {"type": "string", "pattern": "^x+$"}, "c": {"type": "null"}},
+                 "required": ["a", "c"]}]}, 40),
+    ({"type": "array", "items": {"anyOf": [{"type": "string", "maxLength": 40}, {"type": "integer"}]}, "maxItems": 200}, 400),
+    ({"type": "string", "pattern": "^[ab]*a[ab]{24}$"}, 100),
+    ({"$defs": {"t": {"type": "object", "properties": {"k": {"type": "array", "items": {"$ref": "#/$defs/t"}}}}},
+      "$ref": "#/$defs/t"}, 40),
+]
+
+
+@pytest.mark.parametrize("index", range(len(ADVERSARIAL_SCHEMAS)))
+def test_random_tokens_through_adversarial_schemas_never_raise(smollm2_vocabulary: Vocabulary, index: int) -> None:
+    """A thousand random allowed tokens per schema with a DFA limit low enough to be passed many times: no exception, the
+    mask and the accepted tokens agree, and every finished text validates."""
+    import json
+
+    import jsonschema
+
+    schema, max_states = ADVERSARIAL_SCHEMAS[index]
+    grammar = GrammarCompiler(smollm2_vocabulary, CompilerLimits(max_dfa_states=max_states)).compile_json_schema(schema)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    rng = np.random.default_rng(index)
+    eos = set(smollm2_vocabulary.eos_token_ids)
+    steps = finished = 0
+    while steps < 1000:
+        matcher, data = GrammarMatcher(grammar), b""
+        for _ in range(300):
+            allowed = unpack_token_bitmask(matcher.next_token_bitmask(max_tokens=int(rng.integers(1, 40))), smollm2_vocabulary.vocab_size)
+            token = int(rng.choice(allowed))
+            assert matcher.accept_token(token)
+            steps += 1
+            if token in eos:
+                assert validator.is_valid(json.loads(data)), data[:200]
+                finished += 1
+                break
+            data += smollm2_vocabulary.token_bytes[token]
+    assert grammar.dfa.num_flushes >= 1 and finished >= 3
 
 
 def test_long_counted_repeats_are_unrolled_lazily(byte_vocabulary: Vocabulary) -> None:
