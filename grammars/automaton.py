@@ -184,6 +184,7 @@ class Nfa:
         self.height: list[int] = []
         # Stub state -> (the rest of a long repeat, to be built from the stub to `end`, its min cost, end).
         self.pending: dict[int, tuple[Repeat, Cost, int]] = {}
+        self._compiled = False
         rules = rules or {}
         self.rule_costs = rule_costs(rules)
         with paused_gc():
@@ -198,11 +199,14 @@ class Nfa:
             for name, body in rules.items():
                 self._build(body, self.rule_starts[name], self._rule_accepts[name])
             self._settle_distances(range(len(self.epsilons)))
+        self._compiled = True
 
     def _new_state(self) -> int:
         if not len(self.epsilons) & 1023:
             check_cancelled()
-        if len(self.epsilons) >= self.max_states:
+        # The limit is the compile's: a copy of a lazy repeat, built while generating, is one the generation
+        # reached (at most the repeat's own bound of them), and a limit must never be met mid-generation.
+        if len(self.epsilons) >= self.max_states and not self._compiled:
             raise AutomatonLimitError(f"the regex needs more than {self.max_states} NFA states; simplify the schema")
         self.byte_edges.append([])
         self.epsilons.append([])

@@ -63,6 +63,10 @@ from strictcall.grammars.regex_builders import alt, opt, repeat, seq
 from strictcall.grammars.schema_check import check_schema
 from strictcall.grammars.schema_merge import ANNOTATIONS, JSON_TYPES, excludes, merge_two, normalized, schema_types
 
+# (property name, value regex, required) of an object's declared properties.
+Entry = tuple[str, str, bool]
+# Most properties `dependentRequired` may tie together (each case of their presence is a body of its own).
+_MAX_DEPENDENT_PROPERTIES = 6
 # A `$ref` whose regex is longer than this becomes a rule (called, not copied, wherever it is used).
 _INLINE_CHARS = 2000
 _NOTHING = "[^\\x00-\\U0010ffff]"
@@ -410,7 +414,7 @@ class _Compiler:
             if parsed is None:
                 self.unsupported(pointer, "format", f"{schema['format']!r} is not a supported format (supported: "
                                                     f"date-time, date, time, duration, email, hostname, ipv4, ipv6, "
-                                                    f"uuid, uri)")
+                                                    f"uuid, uri, byte)")
             elif content is not None:
                 self.unsupported(pointer, "format", "cannot be enforced together with 'pattern'")
             else:
@@ -465,8 +469,7 @@ class _Compiler:
         return self.sized(seq("\\[", body, "\\]"), pointer)
 
     def compile_object(self, schema: dict[str, Any], pointer: str) -> str | None:
-        for keyword in ("patternProperties", "propertyNames", "dependentRequired", "dependentSchemas",
-                        "dependencies"):
+        for keyword in ("patternProperties", "propertyNames", "dependentSchemas"):
             if keyword in schema:
                 self.unsupported(pointer, keyword, "cannot be compiled to a finite-state machine")
         properties = schema.get("properties", {})
@@ -474,7 +477,7 @@ class _Compiler:
         # With nothing declared, an object schema means "any object"; with declared properties, no extras.
         additional = schema.get("additionalProperties",
                                 False if ("properties" in schema or "required" in schema) else True)
-        entries: list[tuple[str, str, bool]] = []  # (name, value regex, required), in the order we write them
+        entries: list[Entry] = []  # in the order we write them
         for name, subschema in properties.items():
             value = self.compile(subschema, f"{pointer}/properties/{_escape_pointer(name)}")
             if value is None:
@@ -490,7 +493,42 @@ class _Compiler:
                 entries.append((name, value, True))
         extra_value = None if additional is False else self.compile(additional, f"{pointer}/additionalProperties")
         extra = None if extra_value is None else seq(key_not_in(name for name, _, _ in entries), ": ", extra_value)
-        return self.sized(seq("\\{", self.object_body(schema, pointer, entries, extra), "\\}"), pointer)
+        cases = self.dependency_cases(schema, pointer, entries)
+        return self.sized(seq("\\{", alt(self.object_body(schema, pointer, case, extra) for case in cases), "\\}"), pointer)
+
+    def dependency_cases(self, schema: dict[str, Any], pointer: str, entries: list[Entry]) -> list[list[Entry]]:
+        """`entries` once per allowed presence of the properties `dependentRequired` / `dependencies` (with property
+        lists) name: each case writes those properties as required or not at all, so the automaton need not
+        remember which were written (2**k cases for k properties: enforced up to 6)."""
+        requires: dict[str, set[str]] = {}
+        for keyword in ("dependentRequired", "dependencies"):
+            rules = schema.get(keyword, {})
+            if not isinstance(rules, dict):
+                raise UnsupportedSchemaError(pointer, keyword, "must be an object")
+            for trigger, needed in rules.items():
+                if isinstance(needed, list) and all(isinstance(name, str) for name in needed):
+                    requires.setdefault(trigger, set()).update(needed)
+                else:
+                    self.unsupported(pointer, keyword, f"{trigger!r} has a schema (a dependentSchemas): it cannot be "
+                                                       f"compiled to a finite-state machine")
+        involved = sorted({name for trigger, needed in requires.items() if needed - {trigger} for name in {trigger, *needed}})
+        if not involved:
+            return [entries]
+        declared = {name for name, _, _ in entries}
+        if not set(involved) <= declared or len(involved) > _MAX_DEPENDENT_PROPERTIES:
+            keyword = "dependentRequired" if "dependentRequired" in schema else "dependencies"
+            self.unsupported(pointer, keyword, f"is only enforced among at most {_MAX_DEPENDENT_PROPERTIES} declared "
+                                               f"properties")
+            return [entries]
+        cases = []
+        for bits in range(1 << len(involved)):
+            present = {name for i, name in enumerate(involved) if bits >> i & 1}
+            if any(trigger in present and not needed <= present for trigger, needed in requires.items()) or \
+                    any(is_required and name in involved and name not in present for name, _, is_required in entries):
+                continue
+            cases.append([(name, value, is_required or name in present) for name, value, is_required in entries
+                          if name not in involved or name in present])
+        return cases
 
     def object_body(self, schema: dict[str, Any], pointer: str, entries: list[tuple[str, str, bool]],
                     extra: str | None) -> str | None:

@@ -49,6 +49,8 @@ _IPV6 = "|".join([
     f"(?:{_H16}:){{1,3}}(?::{_H16}){{1,4}}", f"(?:{_H16}:){{1,2}}(?::{_H16}){{1,5}}",
     f"{_H16}:(?::{_H16}){{1,6}}", f":(?:(?::{_H16}){{1,7}}|:)",
 ])
+# OpenAPI's `byte`: base64 (RFC 4648, padded), as Kubernetes' binary fields use it.
+_BASE64 = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
 _UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _PCHAR = "(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})"
 _URI = (f"[A-Za-z][A-Za-z0-9+.-]*:(?://(?:(?:[A-Za-z0-9._~!$&'()*+,;=:-]|%[0-9A-Fa-f]{{2}})*@)?"
@@ -66,7 +68,7 @@ def _format_regex(name: str, max_digits: int) -> str | None:
     duration = f"P(?:{_non_empty_sequence([*date_part, time_part])}|{duration_number}W)"
     return {
         "date-time": f"{_DATE}[Tt]{_TIME}", "date": _DATE, "time": _TIME, "duration": duration, "email": _EMAIL,
-        "hostname": _HOSTNAME, "ipv4": _IPV4, "ipv6": _IPV6, "uuid": _UUID, "uri": _URI,
+        "hostname": _HOSTNAME, "ipv4": _IPV4, "ipv6": _IPV6, "uuid": _UUID, "uri": _URI, "byte": _BASE64,
     }.get(name)
 
 
