@@ -365,7 +365,7 @@ class LazyDfa:
 
     def _reset(self) -> None:
         self._closures: dict[int, frozenset[int]] = {}
-        self._ids: dict[frozenset[int], int] = {}
+        self.ids: dict[frozenset[int], int] = {}  # lock-free readers check that num_flushes did not change
         self._sets: list[frozenset[int]] = []
         self.table = np.full((16, 256), UNEXPANDED, dtype=np.int32)
         self.is_accepting_state = np.zeros(16, dtype=bool)
@@ -385,6 +385,22 @@ class LazyDfa:
     def intern(self, threads: DfaState) -> int:
         """The id of the state with these threads (DEAD for none)."""
         return self._state_id(threads) if threads else DEAD
+
+    def walk_known(self, threads: DfaState, data: bytes) -> DfaState | None:
+        """The state after `data` if every row on the way is computed already, else None; no lock, no new state
+        (the per-token fast path: a flush meanwhile is seen and gives None)."""
+        flushes = self.num_flushes
+        current = self.ids.get(threads)
+        if current is None:
+            return None
+        table, sets = self.table, self._sets  # read after the id: the table is grown before an id is published
+        for byte in data:
+            current = table[current, byte]
+            if current < 0:
+                break
+        if current == UNEXPANDED or flushes != self.num_flushes:
+            return None
+        return sets[current] if current >= 0 else frozenset()
 
     def threads_of(self, state: int) -> DfaState:
         """The threads of state `state` (none for DEAD)."""
@@ -460,14 +476,14 @@ class LazyDfa:
         return frozenset(result)
 
     def _state_id(self, nfa_states: frozenset[int]) -> int:
-        state_id = self._ids.get(nfa_states)
+        state_id = self.ids.get(nfa_states)
         if state_id is not None:
             return state_id
         state_id = len(self._sets)
         check_cancelled()
         if state_id >= len(self.table):
             self._grow()
-        self._ids[nfa_states] = state_id
+        self.ids[nfa_states] = state_id
         self._sets.append(nfa_states)
         self.is_accepting_state[state_id] = self.nfa.accept in nfa_states
         distance, stacks = self.nfa.distance, self._stacks

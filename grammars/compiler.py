@@ -148,10 +148,14 @@ class CompiledGrammar:
     def has_mask(self, state: DfaState) -> bool:
         """Whether the mask of `state` is computed already (its next `token_bitmask` is a lookup)."""
         with self._lock:
-            return self.dfa._ids.get(state, DEAD) in self._masks
+            return self.dfa.ids.get(state, DEAD) in self._masks
 
     def token_bitmask(self, state: DfaState) -> np.ndarray:
         """The packed mask of tokens allowed in `state` (end-of-sequence ids included where it accepts)."""
+        flushes = self.dfa.num_flushes
+        mask = self._masks.get(self.dfa.ids.get(state, DEAD))
+        if mask is not None and flushes == self.dfa.num_flushes:  # the lock-free lookup of a cached mask
+            return mask
         with self._lock:
             return self._mask(self._id(state))
 
@@ -225,6 +229,9 @@ class CompiledGrammar:
 
     def walk(self, state: DfaState, data: bytes) -> DfaState:
         """The state after `data` (dead if it leaves the grammar)."""
+        known = self.dfa.walk_known(state, data)
+        if known is not None:
+            return known
         with self._lock:
             return self.dfa.threads_of(self.dfa.walk(self._id(state), data))
 

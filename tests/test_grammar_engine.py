@@ -271,6 +271,9 @@ def test_a_full_dfa_is_flushed_never_refused(byte_vocabulary: Vocabulary) -> Non
     assert ours.accept_bytes(b"aaaa") and not ours.accept_bytes(b"a") and ours.accept_bytes(b"b") and ours.is_accepting()
     with pytest.raises(AutomatonLimitError, match="NFA states"):
         GrammarCompiler(byte_vocabulary, CompilerLimits(max_nfa_states=100)).compile_regex("x" * 200)
+    # The NFA limit is the compile's: the copies of a lazy repeat a generation goes on to build are not refused.
+    lazy = GrammarMatcher(GrammarCompiler(byte_vocabulary, CompilerLimits(max_nfa_states=100)).compile_regex("(ab){0,5000}"))
+    assert lazy.accept_bytes(b"ab" * 300) and lazy.is_accepting() and len(lazy.grammar.dfa.nfa.epsilons) > 100
 
 
 # Adversarial for a DFA: many optional properties (each subset of them a state), nested anyOf of objects sharing
