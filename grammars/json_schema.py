@@ -493,13 +493,14 @@ class _Compiler:
                 entries.append((name, value, True))
         extra_value = None if additional is False else self.compile(additional, f"{pointer}/additionalProperties")
         extra = None if extra_value is None else seq(key_not_in(name for name, _, _ in entries), ": ", extra_value)
-        cases = self.dependency_cases(schema, pointer, entries)
+        cases = self.dependency_cases(schema, pointer, entries, extra is not None)
         return self.sized(seq("\\{", alt(self.object_body(schema, pointer, case, extra) for case in cases), "\\}"), pointer)
 
-    def dependency_cases(self, schema: dict[str, Any], pointer: str, entries: list[Entry]) -> list[list[Entry]]:
+    def dependency_cases(self, schema: dict[str, Any], pointer: str, entries: list[Entry], extras: bool) -> list[list[Entry]]:
         """`entries` once per allowed presence of the properties `dependentRequired` / `dependencies` (with property
         lists) name: each case writes those properties as required or not at all, so the automaton need not
-        remember which were written (2**k cases for k properties: enforced up to 6)."""
+        remember which were written (2**k cases for k properties: enforced up to 6). Without extra properties an
+        undeclared name is never written: a rule it triggers holds, a property needing it is never written."""
         requires: dict[str, set[str]] = {}
         for keyword in ("dependentRequired", "dependencies"):
             rules = schema.get(keyword, {})
@@ -511,10 +512,13 @@ class _Compiler:
                 else:
                     self.unsupported(pointer, keyword, f"{trigger!r} has a schema (a dependentSchemas): it cannot be "
                                                        f"compiled to a finite-state machine")
-        involved = sorted({name for trigger, needed in requires.items() if needed - {trigger} for name in {trigger, *needed}})
+        declared = {name for name, _, _ in entries}
+        if not extras:
+            requires = {trigger: needed for trigger, needed in requires.items() if trigger in declared}
+        involved = sorted({name for trigger, needed in requires.items() if needed - {trigger}
+                           for name in {trigger, *needed} if extras or name in declared})
         if not involved:
             return [entries]
-        declared = {name for name, _, _ in entries}
         if not set(involved) <= declared or len(involved) > _MAX_DEPENDENT_PROPERTIES:
             keyword = "dependentRequired" if "dependentRequired" in schema else "dependencies"
             self.unsupported(pointer, keyword, f"is only enforced among at most {_MAX_DEPENDENT_PROPERTIES} declared "
