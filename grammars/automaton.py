@@ -140,18 +140,49 @@ def min_cost(node: Node, rule_costs: Mapping[str, Cost] | None = None) -> Cost:
     return memo[id(node)]
 
 
+# The last grammars' rule costs, by rule names, with the rule ASTs they were computed for (compared by identity:
+# parsed rules are cached, so a schema's check and its NFA share them).
+_RULE_COSTS: dict[tuple[str, ...], tuple[tuple[Node, ...], dict[str, Cost]]] = {}
+_RULE_COSTS_LOCK = threading.Lock()
+
+
 def rule_costs(rules: Mapping[str, Node]) -> dict[str, Cost]:
     """Each rule's `min_cost`, rules calling rules included: the least fixpoint, found by iterating from "no
-    string" (each round finds the shortest strings one call deeper; costs only fall, so it stops)."""
+    string" (costs only fall, so it stops); after the first round only the callers of a rule whose cost fell are
+    computed again."""
+    key, nodes = tuple(rules), tuple(rules.values())
+    cached = _RULE_COSTS.get(key)
+    if cached is not None and all(a is b for a, b in zip(cached[0], nodes)):
+        return dict(cached[1])
+    costs = _rule_costs(rules)
+    with _RULE_COSTS_LOCK:  # compile threads share the cache
+        if len(_RULE_COSTS) >= 64:
+            _RULE_COSTS.pop(next(iter(_RULE_COSTS)))
+        _RULE_COSTS[key] = (nodes, costs)
+    return dict(costs)
+
+
+def _rule_costs(rules: Mapping[str, Node]) -> dict[str, Cost]:
     costs: dict[str, Cost] = {name: _NO_STRING for name in rules}
-    changed = True
-    while changed:
+    callers: dict[str, set[str]] = {name: set() for name in rules}
+    for name, node in rules.items():
+        stack: list[Node] = [node]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, RuleRef):
+                callers[item.name].add(name)
+            else:
+                stack.extend(_children(item))
+    pending = list(rules)
+    while pending:
         check_cancelled()
-        changed = False
-        for name, node in rules.items():
-            cost = min_cost(node, costs)
+        changed: set[str] = set()
+        for name in pending:
+            cost = min_cost(rules[name], costs)
             if cost < costs[name]:
-                costs[name], changed = cost, True
+                costs[name] = cost
+                changed |= callers[name]
+        pending = [name for name in rules if name in changed]
     return costs
 
 
@@ -194,11 +225,19 @@ class Nfa:
             self._callee_costs = {self.rule_starts[name]: cost for name, cost in self.rule_costs.items()}
             # A thread at a rule's accept state returns to its caller.
             self.returns = frozenset(self._new_state() for _ in rules)
-            self._rule_accepts = dict(zip(rules, sorted(self.returns)))
+            # A rule is built when a walk first calls it (its start is a stub until then, its costs known from the
+            # ASTs): the first mask needs only the rules the first bytes reach.
+            self.pending_rules: dict[int, tuple[Node, int]] = {}
+            for (name, body), accept in zip(rules.items(), sorted(self.returns)):
+                start = self.rule_starts[name]
+                self.pending_rules[start] = (body, accept)
+                self.distance[accept] = 0
+                length, height = self.rule_costs[name]
+                if length != math.inf:
+                    self.distance[start], self.height[start] = length, height
             self._build(node, self.start, self.accept)
-            for name, body in rules.items():
-                self._build(body, self.rule_starts[name], self._rule_accepts[name])
-            self._settle_distances(range(len(self.epsilons)))
+            stubs = set(self.pending_rules) | self.returns
+            self._settle_distances([state for state in range(len(self.epsilons)) if state not in stubs])
         self._compiled = True
 
     def _new_state(self) -> int:
@@ -278,7 +317,14 @@ class Nfa:
         self.epsilons[state].append(end)
 
     def materialize(self, stub: int) -> None:
-        """Build the next copy of a lazily unrolled repeat at `stub` (no-op for other states)."""
+        """Build a rule called for the first time, or the next copy of a lazily unrolled repeat, at `stub` (no-op
+        for other states)."""
+        rule = self.pending_rules.pop(stub, None)
+        if rule is not None:
+            first_new = len(self.epsilons)
+            with paused_gc():
+                self._build(rule[0], stub, rule[1])
+                self._settle_distances(range(first_new, len(self.epsilons)))
         pending = self.pending.pop(stub, None)
         if pending is None:
             return
@@ -306,7 +352,7 @@ class Nfa:
                 edges.append((end, length, height + 1))
         return edges
 
-    def _settle_distances(self, states: range) -> None:
+    def _settle_distances(self, states: range | list[int]) -> None:
         """Fewest bytes to the end of the rule (Dijkstra backwards, ties broken by fewer nested calls) for
         `states`, whose edges lead among themselves or to states already settled; -1 where the end is unreachable.
         A call edge costs its rule's `rule_costs`, known before any NFA state is."""

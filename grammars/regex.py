@@ -471,7 +471,10 @@ def parse_regex(pattern: str) -> Node:
     return _resolve_anchors(parser.parse(), EMPTY, parser)
 
 
+@lru_cache(maxsize=256)
 def _parse_rule_pattern(pattern: str) -> Node:
+    """A pattern of a grammar (ASTs are immutable: a rule compiled into several grammars, a tool's schema and its
+    call envelope, is parsed once)."""
     parser = _Parser(pattern, allow_rules=True)
     return _resolve_anchors(parser.parse(), EMPTY, parser)
 

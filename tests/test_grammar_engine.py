@@ -369,3 +369,16 @@ def test_disk_cache_round_trips_warmed_grammars(tmp_path, smollm2_vocabulary: Vo
     other = GrammarCompiler(byte_vocabulary, disk_cache=cache)
     other.compile_regex(REGEXES["object"])
     assert other.num_disk_hits == 0
+
+
+def test_a_rule_is_built_when_a_walk_first_calls_it(byte_vocabulary: Vocabulary) -> None:
+    """Compile (to the first mask) builds only what the first bytes reach: a large $ref waits for its first call."""
+    big = {"type": "object", "properties": {f"f{i}": {"type": "string", "format": "date-time"} for i in range(12)}}
+    schema = {"$defs": {"big": big}, "type": "object", "properties": {"a": {"type": "integer"}, "b": {"$ref": "#/$defs/big"}}}
+    grammar = GrammarCompiler(byte_vocabulary).compile_json_schema(schema)
+    matcher = GrammarMatcher(grammar)
+    matcher.next_token_bitmask()
+    before = len(grammar.dfa.nfa.epsilons)
+    assert matcher.accept_bytes(b'{"b": ') and len(grammar.dfa.nfa.epsilons) > 3 * before  # the call built the rule
+    assert matcher.accept_bytes(b'{"f3": "2024-01-02T03:04:05Z"}}') and matcher.is_accepting()
+    assert GrammarMatcher(grammar).min_bytes_to_end() == 2 and not GrammarMatcher(grammar).accept_bytes(b'{"b": {"f3": 1')
