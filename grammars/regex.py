@@ -9,8 +9,12 @@ possessive quantifiers and atomic groups raise `RegexSyntaxError` naming the con
 `\\d`/`\\w` JSON Schema's `pattern` uses (ECMA's `\\s` also holds Unicode spaces; ours is the ASCII subset, so a
 string we accept for `\\s` is accepted there too). `.` is any code point but `\\n`.
 
+A grammar (`parse_grammar`, `grammar_text`) adds named rules that may call each other and themselves, which no
+regex can: `(?(DEFINE)(?<name>...)...)` then the main pattern, with `(?&name)` a call (PCRE's syntax). Only a
+grammar's own patterns may call rules; a user's regex may not.
+
 Invariants: `parse_regex(to_regex(node))` denotes the same language as `node`, and `to_regex` writes only syntax
-that Python `re` and Rust's `regex` crate (outlines-core) read identically. Surrogate code points (U+D800-U+DFFF)
+that Python `re` and Rust's `regex` crate (outlines-core) read identically (rule calls aside). Surrogate code points (U+D800-U+DFFF)
 never appear in a `CharClass`: they cannot be encoded in UTF-8. Parsing and serializing are iterative and linear
 in the pattern's length, so 100 KB patterns and deeply nested groups are fine.
 """
