@@ -24,7 +24,7 @@ import heapq
 import math
 import threading
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -404,49 +404,64 @@ class LazyDfa:
         self._stacks: list[tuple[int, int, int, float]] = [(-1, 0, 0, 0)]
         self._stack_ids: dict[tuple[int, int], int] = {}
         self._lock = threading.RLock()
-        self.num_flushes = 0
+        # Odd while a flush is under way (a sequence lock): lock-free readers start on an even value and check that
+        # it did not change.
+        self.epoch = 0
         self._reset()
         self.start_threads: DfaState = self._closure_of([nfa.start]) if nfa.distance[nfa.start] >= 0 else frozenset()
         self.start = self.intern(self.start_threads)
 
     def _reset(self) -> None:
         self._closures: dict[int, frozenset[int]] = {}
-        self.ids: dict[frozenset[int], int] = {}  # lock-free readers check that num_flushes did not change
+        self.ids: dict[frozenset[int], int] = {}  # read lock-free under `epoch`
         self._sets: list[frozenset[int]] = []
         self.table = np.full((16, 256), UNEXPANDED, dtype=np.int32)
         self.is_accepting_state = np.zeros(16, dtype=bool)
         self.min_bytes_to_accept = np.zeros(16, dtype=np.int64)
         self._forced: dict[int, bytes] = {}
 
-    def flush_if_full(self) -> bool:
-        """Forget every state if there are more than `max_states` (ids change; `DfaState`s stay valid)."""
+    @property
+    def num_flushes(self) -> int:
+        return self.epoch // 2
+
+    def flush_if_full(self, forget: Callable[[], None]) -> None:
+        """Forget every state if there are more than `max_states`, and with them what `forget` drops (the caller's
+        caches by id): ids change, `DfaState`s stay valid."""
         with self._lock:
             if len(self._sets) <= self.max_states:
-                return False
+                return
+            self.epoch += 1
             self._reset()
+            forget()
             self.start = self.intern(self.start_threads)
-            self.num_flushes += 1
-            return True
+            self.epoch += 1
+
+    def stable_epoch(self) -> int | None:
+        """The epoch for a lock-free read (None while a flush is under way)."""
+        epoch = self.epoch
+        return None if epoch & 1 else epoch
 
     def intern(self, threads: DfaState) -> int:
         """The id of the state with these threads (DEAD for none)."""
         return self._state_id(threads) if threads else DEAD
 
-    def walk_known(self, threads: DfaState, data: bytes) -> DfaState | None:
-        """The state after `data` if every row on the way is computed already, else None; no lock, no new state
-        (the per-token fast path: a flush meanwhile is seen and gives None)."""
-        flushes = self.num_flushes
+    def walk_known(self, threads: DfaState, data: bytes) -> list[DfaState] | None:
+        """The state after each byte of `data` (up to the first dead one) if every row on the way is computed
+        already, else None; no lock, no new state (the per-token fast path: a flush meanwhile gives None)."""
+        epoch = self.stable_epoch()
         current = self.ids.get(threads)
-        if current is None:
+        if current is None or epoch is None:
             return None
         table, sets = self.table, self._sets  # read after the id: the table is grown before an id is published
+        out = []
         for byte in data:
             current = table[current, byte]
+            if current == UNEXPANDED:
+                return None
+            out.append(sets[current] if current >= 0 else frozenset())
             if current < 0:
                 break
-        if current == UNEXPANDED or flushes != self.num_flushes:
-            return None
-        return sets[current] if current >= 0 else frozenset()
+        return out if epoch == self.epoch else None
 
     def threads_of(self, state: int) -> DfaState:
         """The threads of state `state` (none for DEAD)."""

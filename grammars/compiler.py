@@ -117,14 +117,17 @@ class CompiledGrammar:
     def _id(self, state: DfaState) -> int:
         """The DFA id of `state` (callers hold the lock), after a flush if the table is full: the flush point of
         every operation, so ids are never held across one."""
-        if self.dfa.flush_if_full():
-            self._masks.clear()
-            self._max_next_distance.clear()
-            self._exits.clear()
-            self._budget_masks = LruCache(256)
-            self._extra_bytes = 0
-            self._account()
+        self.dfa.flush_if_full(self._forget_states)
         return self.dfa.intern(state)
+
+    def _forget_states(self) -> None:
+        """Drop what is cached by DFA id (during a flush, inside its epoch: lock-free readers see it)."""
+        self._masks.clear()
+        self._max_next_distance.clear()
+        self._exits.clear()
+        self._budget_masks = LruCache(256)
+        self._extra_bytes = 0
+        self._account()
 
     def warm_up(self, max_states: int) -> int:
         """Compute the masks of up to `max_states` states reachable from the start (for the disk cache).
@@ -152,9 +155,9 @@ class CompiledGrammar:
 
     def token_bitmask(self, state: DfaState) -> np.ndarray:
         """The packed mask of tokens allowed in `state` (end-of-sequence ids included where it accepts)."""
-        flushes = self.dfa.num_flushes
+        epoch = self.dfa.stable_epoch()
         mask = self._masks.get(self.dfa.ids.get(state, DEAD))
-        if mask is not None and flushes == self.dfa.num_flushes:  # the lock-free lookup of a cached mask
+        if mask is not None and epoch is not None and epoch == self.dfa.epoch:  # the lock-free lookup of a cached mask
             return mask
         with self._lock:
             return self._mask(self._id(state))
@@ -229,14 +232,13 @@ class CompiledGrammar:
 
     def walk(self, state: DfaState, data: bytes) -> DfaState:
         """The state after `data` (dead if it leaves the grammar)."""
-        known = self.dfa.walk_known(state, data)
-        if known is not None:
-            return known
-        with self._lock:
-            return self.dfa.threads_of(self.dfa.walk(self._id(state), data))
+        return self.walk_each(state, data)[-1] if data else state
 
     def walk_each(self, state: DfaState, data: bytes) -> list[DfaState]:
         """The state after each byte of `data`, up to the first dead one (for tokens that may cross the end)."""
+        known = self.dfa.walk_known(state, data)
+        if known is not None:
+            return known
         with self._lock:
             current, out = self._id(state), []
             for byte in data:

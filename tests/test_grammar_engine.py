@@ -382,3 +382,24 @@ def test_a_rule_is_built_when_a_walk_first_calls_it(byte_vocabulary: Vocabulary)
     assert matcher.accept_bytes(b'{"b": ') and len(grammar.dfa.nfa.epsilons) > 3 * before  # the call built the rule
     assert matcher.accept_bytes(b'{"f3": "2024-01-02T03:04:05Z"}}') and matcher.is_accepting()
     assert GrammarMatcher(grammar).min_bytes_to_end() == 2 and not GrammarMatcher(grammar).accept_bytes(b'{"b": {"f3": 1')
+
+
+def test_lock_free_readers_see_a_flush_under_way(byte_vocabulary: Vocabulary) -> None:
+    """A cached mask and a walk over computed rows are read without the lock: while a flush renumbers the states
+    (an odd epoch), they must fall back to the locked path, which waits for it."""
+    grammar = GrammarCompiler(byte_vocabulary, CompilerLimits(max_dfa_states=5)).compile_regex("a{20}(b|c)")
+    matcher = GrammarMatcher(grammar)
+    assert matcher.accept_bytes(b"a" * 8)
+    state, mask = matcher.state, matcher.next_token_bitmask()
+    assert grammar.dfa.walk_known(state, b"a") is not None
+    grammar.dfa.max_states = 1  # full: the next flush_if_full flushes
+    seen = []
+
+    def forget() -> None:
+        seen.append((grammar.dfa.stable_epoch(), grammar.dfa.walk_known(state, b"a")))
+        grammar._forget_states()
+
+    epoch = grammar.dfa.epoch
+    grammar.dfa.flush_if_full(forget)
+    assert seen == [(None, None)] and grammar.dfa.epoch == epoch + 2 and grammar.dfa.num_flushes == epoch // 2 + 1
+    assert np.array_equal(grammar.token_bitmask(state), mask) and matcher.accept_bytes(b"a" * 12 + b"b")
