@@ -222,7 +222,6 @@ class Nfa:
             self.start = self._new_state()
             self.accept = self._new_state()
             self.rule_starts = {name: self._new_state() for name in rules}
-            self._callee_costs = {self.rule_starts[name]: cost for name, cost in self.rule_costs.items()}
             # A thread at a rule's accept state returns to its caller.
             self.returns = frozenset(self._new_state() for _ in rules)
             # A rule is built when a walk first calls it (its start is a stub until then, its costs known from the
@@ -347,9 +346,8 @@ class Nfa:
             if length != math.inf:
                 edges.append((end, length, height))
         for callee, end in self.calls.get(state, ()):
-            length, height = self._callee_costs[callee]
-            if length != math.inf:
-                edges.append((end, length, height + 1))
+            if self.distance[callee] >= 0:  # a rule's start holds its cost from the ASTs, before it is built
+                edges.append((end, self.distance[callee], self.height[callee] + 1))
         return edges
 
     def _settle_distances(self, states: range | list[int]) -> None:
