@@ -32,7 +32,9 @@ Documented bounds (the schema leaves these open; `SchemaOptions` overrides them)
   Required keys missing from `properties` come after the declared ones and take any value.
 - `pattern` is an ECMA-262 search (see `regex.parse_search_pattern`): unanchored sides may hold anything.
   With `minLength`/`maxLength` both are enforced where the pattern is a simple run (`^[a-z]+$`, `^x\\d*$`),
-  else the length is refused (or reported with `strict=False`). Unknown `format`s are refused likewise.
+  else the length is refused (or reported with `strict=False`). A `format` JSON Schema defines but we do not
+  enforce (`iri`, `json-pointer`, `regex`, ...) is refused likewise; a name no vocabulary defines (`url`,
+  `semver`) is an annotation, as validators treat it: any string.
 - the grammar (main regex and rules) is at most `max_regex_chars` long; the error says so.
 - `oneOf` compiles as `anyOf`: exact when no value generated for one option is valid under another (disjoint
   JSON types or constants, a required key the other option never writes, a tag property with distinct
@@ -57,7 +59,15 @@ from strictcall.grammars.automaton import min_cost, rule_costs
 from strictcall.grammars.cancel import check_cancelled
 from strictcall.grammars.errors import RegexSyntaxError, UnsupportedSchemaError
 from strictcall.grammars.json_numbers import integer_range, number_range, schema_bounds
-from strictcall.grammars.json_strings import STRING_UNIT, grouped, json_escaped, key_not_in, limit_length, parsed_format
+from strictcall.grammars.json_strings import (
+    STRING_UNIT,
+    UNENFORCED_STANDARD_FORMATS,
+    grouped,
+    json_escaped,
+    key_not_in,
+    limit_length,
+    parsed_format,
+)
 from strictcall.grammars.regex import Alternation, Node, escape, grammar_text, parse_grammar, parse_search_pattern
 from strictcall.grammars.regex_builders import alt, opt, repeat, seq
 from strictcall.grammars.schema_check import check_schema
@@ -410,14 +420,16 @@ class _Compiler:
             except RegexSyntaxError as error:
                 self.unsupported(pointer, "pattern", f"cannot be compiled: {error}")
         if "format" in schema:
+            # A name no vocabulary defines is an annotation (parsed None, not a standard format): any string.
             parsed = parsed_format(schema["format"], self.options.max_integer_digits)
-            if parsed is None:
+            if parsed is None and schema["format"] in UNENFORCED_STANDARD_FORMATS:
                 self.unsupported(pointer, "format", f"{schema['format']!r} is not a supported format (supported: "
                                                     f"date-time, date, time, duration, email, hostname, ipv4, ipv6, "
-                                                    f"uuid, uri, byte)")
-            elif content is not None:
+                                                    f"uuid, uri, byte; names JSON Schema does not define are "
+                                                    f"annotations)")
+            elif parsed is not None and content is not None:
                 self.unsupported(pointer, "format", "cannot be enforced together with 'pattern'")
-            else:
+            elif parsed is not None:
                 content = parsed
         if content is None:
             return seq('"', repeat(STRING_UNIT, min_length, max_length), '"')  # None if minLength > maxLength

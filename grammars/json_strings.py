@@ -161,6 +161,15 @@ def grouped(node: Node) -> str:
     return f"(?:{to_regex(node)})" if isinstance(node, Alternation) else to_regex(node)
 
 
+# Formats a JSON Schema vocabulary defines (2020-12's format-assertion list) that we cannot enforce: a validator
+# may assert them, so a schema naming one is refused. Any other name (`url`, `semver`, OpenAPI's `int64` or
+# `password`) is defined by no vocabulary and asserted by no validator: an annotation, any string is valid.
+UNENFORCED_STANDARD_FORMATS = frozenset({
+    "idn-email", "idn-hostname", "uri-reference", "iri", "iri-reference", "uri-template", "json-pointer",
+    "relative-json-pointer", "regex",
+})
+
+
 @lru_cache(maxsize=64)
 def parsed_format(name: str, max_digits: int) -> Node | None:
     """A supported format's language over decoded code points (None: unknown format)."""
