@@ -22,14 +22,17 @@ Documented bounds (the schema leaves these open; `SchemaOptions` overrides them)
   bound. Integers never have a fraction or exponent (`1.0` is not accepted for `integer`).
 - a `$ref` is compiled once: inlined where its regex is small and it is not recursive, else a rule of the
   grammar (`SchemaRegex.rules`, called as `(?&name)`), so recursion is exact up to `MAX_FRAME_DEPTH` (64) open
-  calls. `allOf` members that are `$ref`s are merged in place, unrolled `max_recursion_depth` times;
-  `{}`/`true` (any value) nests `max_any_depth` deep.
+  calls. `allOf` members that are `$ref`s are merged in place, unrolled `max_recursion_depth` times.
+  `{}`/`true` (any value) is the rule `any`, which calls itself for each nested array or object: exact up to
+  the same 64 open calls.
 - strings inside `pattern`/`format` values and extra property names use `json.dumps`'s escapes only; other
   strings accept every JSON escape. String lengths are unbounded unless the schema bounds them.
 - a schema without `type` gets the types its keywords imply (`properties` -> object, `items` -> array, ...).
 - an object schema that declares `properties` or `required` allows no other keys unless `additionalProperties`
   is a schema or `true`; one that declares neither (`{"type": "object"}`) allows any keys with any values.
   Required keys missing from `properties` come after the declared ones and take any value.
+  `patternProperties` is enforced where it is exact: no other extra keys, no declared name matching a pattern,
+  one schema for every pattern; its keys are written after the declared ones.
 - `pattern` is an ECMA-262 search (see `regex.parse_search_pattern`): unanchored sides may hold anything.
   With `minLength`/`maxLength` both are enforced where the pattern is a simple run (`^[a-z]+$`, `^x\\d*$`),
   else the length is refused (or reported with `strict=False`). A `format` JSON Schema defines but we do not
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -79,6 +83,7 @@ Entry = tuple[str, str, bool]
 _MAX_DEPENDENT_PROPERTIES = 6
 # A `$ref` whose regex is longer than this becomes a rule (called, not copied, wherever it is used).
 _INLINE_CHARS = 2000
+_ANY_RULE = "any"  # the rule of any JSON value; `$ref` rules are named r0, r1, ...
 _NOTHING = "[^\\x00-\\U0010ffff]"
 _FIX = "; with strict off, the rest of the schema is enforced and this keyword is reported; or remove it"
 
@@ -92,7 +97,6 @@ class SchemaOptions:
         max_fraction_digits: digits after a number's decimal point (20: any double in fixed notation).
         max_exponent_digits: digits of a number's exponent (3; positive exponents stop at 307).
         max_recursion_depth: how many times one `$ref` may be merged into an `allOf` within itself.
-        max_any_depth: nesting depth of arrays and objects in an untyped (`{}`/`true`) value.
         max_regex_chars: size limit of the produced grammar; the automaton is built from it and grows with it.
     """
 
@@ -100,12 +104,11 @@ class SchemaOptions:
     max_fraction_digits: int = 20
     max_exponent_digits: int = 3
     max_recursion_depth: int = 3
-    max_any_depth: int = 3
     max_regex_chars: int = 1_000_000
 
     def __post_init__(self) -> None:
         limits = {"max_integer_digits": (1, 1000), "max_fraction_digits": (0, 1000), "max_exponent_digits": (1, 10),
-                  "max_recursion_depth": (0, 32), "max_any_depth": (0, 16), "max_regex_chars": (1000, 10**9)}
+                  "max_recursion_depth": (0, 32), "max_regex_chars": (1000, 10**9)}
         for name, (low, high) in limits.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -196,7 +199,6 @@ class _Compiler:
         self.rule_names: dict[str, str] = {}  # $ref -> its rule's name
         self.inlined: dict[str, str | None] = {}  # $ref -> its regex, where small and not recursive
         self.compiling: dict[str, bool] = {}  # $refs being compiled -> whether they were met inside themselves
-        self.any_cache: dict[int, str] = {}
 
     def unsupported(self, pointer: str, keyword: str, reason: str) -> None:
         if self.strict:
@@ -208,14 +210,14 @@ class _Compiler:
         if regex is not None and len(regex) > self.options.max_regex_chars:
             raise UnsupportedSchemaError(pointer, "$ref" if self.ref_counts else "properties",
                                          f"makes the regex longer than max_regex_chars="
-                                         f"{self.options.max_regex_chars}; lower max_recursion_depth or "
-                                         f"max_any_depth, raise max_regex_chars, or simplify the schema")
+                                         f"{self.options.max_regex_chars}; lower max_recursion_depth, raise "
+                                         f"max_regex_chars, or simplify the schema")
         return regex
 
     def compile(self, schema: Any, pointer: str) -> str | None:
         check_cancelled()
         if schema is True:
-            return self.any_value(self.options.max_any_depth)
+            return self.any_value()
         if schema is False:
             return None
         if not isinstance(schema, dict):
@@ -363,7 +365,7 @@ class _Compiler:
             return self.compile_enum(schema, pointer)
         types = schema_types(schema)
         if types is None:
-            return self.any_value(self.options.max_any_depth)
+            return self.any_value()
         unknown = types - set(JSON_TYPES)
         if unknown:
             raise UnsupportedSchemaError(pointer, "type", f"names unknown types {sorted(unknown)}; use "
@@ -481,7 +483,7 @@ class _Compiler:
         return self.sized(seq("\\[", body, "\\]"), pointer)
 
     def compile_object(self, schema: dict[str, Any], pointer: str) -> str | None:
-        for keyword in ("patternProperties", "propertyNames", "dependentSchemas"):
+        for keyword in ("propertyNames", "dependentSchemas"):
             if keyword in schema:
                 self.unsupported(pointer, keyword, "cannot be compiled to a finite-state machine")
         properties = schema.get("properties", {})
@@ -503,10 +505,48 @@ class _Compiler:
                 if value is None:
                     return None
                 entries.append((name, value, True))
-        extra_value = None if additional is False else self.compile(additional, f"{pointer}/additionalProperties")
-        extra = None if extra_value is None else seq(key_not_in(name for name, _, _ in entries), ": ", extra_value)
+        keys = self.pattern_keys(schema, pointer, [*properties, *required], additional) \
+            if "patternProperties" in schema else None
+        if keys is not None:  # the first pattern's schema is every pattern's
+            pattern, value_schema = next(iter(schema["patternProperties"].items()))
+            value = self.compile(value_schema, f"{pointer}/patternProperties/{_escape_pointer(pattern)}")
+            key = keys[0] if len(keys) == 1 else Alternation(tuple(keys))
+            extra = None if value is None else seq('"', grouped(json_escaped(key)), '"', ": ", value)
+        else:
+            extra_value = None if additional is False else self.compile(additional, f"{pointer}/additionalProperties")
+            extra = None if extra_value is None else seq(key_not_in(name for name, _, _ in entries), ": ", extra_value)
         cases = self.dependency_cases(schema, pointer, entries, extra is not None)
         return self.sized(seq("\\{", alt(self.object_body(schema, pointer, case, extra) for case in cases), "\\}"), pointer)
+
+    def pattern_keys(self, schema: dict[str, Any], pointer: str, declared: list[str], additional: Any) -> list[Node] | None:
+        """The key languages of `patternProperties` where it is exact, else None (and reported): no other key may
+        be written (additionalProperties false, or closed by our choice: keys matching no pattern would need the
+        patterns' complement), no declared name matches a pattern (its value would need both schemas), and the
+        patterns share one schema (a key two patterns match would need both)."""
+        patterns: dict[str, Any] = schema["patternProperties"]
+        if not patterns:
+            return None
+        if additional is not False:
+            self.unsupported(pointer, "patternProperties", "is only enforced without additional properties (the keys "
+                                                           "no pattern matches would need the patterns' complement)")
+            return None
+        if len({json.dumps(value, sort_keys=True) for value in patterns.values()}) > 1:
+            self.unsupported(pointer, "patternProperties", "is only enforced when every pattern has the same schema "
+                                                           "(a key two patterns match must validate against both)")
+            return None
+        keys: list[Node] = []
+        for pattern in patterns:
+            try:
+                keys.append(parse_search_pattern(pattern))
+                matched = [name for name in declared if re.search(pattern, name)]  # the validator's matching
+            except (RegexSyntaxError, re.error) as error:
+                self.unsupported(pointer, "patternProperties", f"pattern {pattern!r} cannot be compiled: {error}")
+                return None
+            if matched:
+                self.unsupported(pointer, "patternProperties", f"pattern {pattern!r} matches the declared property "
+                                                               f"{matched[0]!r} (its value would need both schemas)")
+                return None
+        return keys
 
     def dependency_cases(self, schema: dict[str, Any], pointer: str, entries: list[Entry], extras: bool) -> list[list[Entry]]:
         """`entries` once per allowed presence of the properties `dependentRequired` / `dependencies` (with property
@@ -567,16 +607,14 @@ class _Compiler:
                                                        "property and no additional ones")
         return opt(body) if can_be_empty else body
 
-    def any_value(self, depth: int) -> str:
-        if depth not in self.any_cache:
-            string = f'"{STRING_UNIT}*"'
-            scalars = ["null", "true", "false", number_range(None, False, None, False, self.options), string]
-            if depth > 0:
-                inner = self.any_value(depth - 1)
-                scalars.append(f"\\[(?:{inner}(?:, {inner})*)?\\]")
-                scalars.append(f"\\{{(?:{string}: {inner}(?:, {string}: {inner})*)?\\}}")
-            self.any_cache[depth] = alt(scalars)  # type: ignore[assignment]
-        return self.any_cache[depth]
+    def any_value(self) -> str:
+        """A call of the rule `any` (any JSON value; nested arrays and objects call it again), defined once."""
+        if _ANY_RULE not in self.rules:
+            string, inner = f'"{STRING_UNIT}*"', f"(?&{_ANY_RULE})"
+            self.rules[_ANY_RULE] = alt([  # type: ignore[assignment]  # never None: it has options
+                "null", "true", "false", number_range(None, False, None, False, self.options), string,
+                f"\\[(?:{inner}(?:, {inner})*)?\\]", f"\\{{(?:{string}: {inner}(?:, {string}: {inner})*)?\\}}"])
+        return f"(?&{_ANY_RULE})"
 
 
 def _declared_body(entries: list[tuple[str, str, bool]]) -> tuple[str | None, bool]:

@@ -127,7 +127,7 @@ def _constants(schema: dict[str, Any]) -> list[Any] | None:
 def _emitted_keys(schema: dict[str, Any]) -> set[str] | None:
     """The keys our regex for an object schema can write; None: unbounded (extra keys allowed)."""
     declared = "properties" in schema or "required" in schema
-    if schema.get("additionalProperties", not declared) is not False:
+    if schema.get("additionalProperties", not declared) is not False or schema.get("patternProperties"):
         return None
     return set(schema.get("properties", {})) | set(schema.get("required", []))
 
