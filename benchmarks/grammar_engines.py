@@ -40,6 +40,7 @@ cannot be interrupted by a signal), recording a timeout.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import select
@@ -293,6 +294,8 @@ def worker(args: argparse.Namespace) -> None:
 
     engines = load_engines(peers=any(e != "strictcall" for e in args.engines))
     adapters = [ADAPTERS[name](engines) for name in args.engines]
+    gc.collect()
+    gc.freeze()  # as the server does after loading: full collections skip the tokenizers' objects
     emit({"event": "startup", "startup_s": engines.startup_s})
     cases = load_cases(Path(args.data), args.datasets, args.limit)
     for index in range(args.start_case, len(cases)):

@@ -115,16 +115,22 @@ class ByteBudget:
 
 
 class Tracker:
-    """One object's bytes in a `ByteBudget`."""
+    """One object's bytes in a `ByteBudget`.
+
+    It holds the budget weakly: the finalizer registry holds the tracker for as long as its owner lives, and a
+    strong reference would keep the budget, its caches and so every owner they hold (the finalizer's own target)
+    alive for ever once their compiler is dropped.
+    """
 
     def __init__(self, budget: ByteBudget):
-        self.budget = budget
+        self._budget = weakref.ref(budget)
         self.num_bytes = 0
 
     def set(self, num_bytes: int) -> None:
         delta, self.num_bytes = num_bytes - self.num_bytes, num_bytes
-        if delta:
-            self.budget._adjust(delta)
+        budget = self._budget()
+        if delta and budget is not None:
+            budget._adjust(delta)
 
     def release(self) -> None:
         self.set(0)

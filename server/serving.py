@@ -8,6 +8,7 @@ vocabulary size and format by `build_grammars`, so the disk cache serves the ser
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import threading
 import time
@@ -115,6 +116,10 @@ def load_serving_state(config: ServerConfig, source: ModelSource | None = None) 
                         ", ".join(f"{k}={v:g}" for k, v in sorted(defaults.items())))
     state = ServingState(tokenizer, grammars, engine, runner.max_model_len, profile, defaults)
     _warm_up(state)
+    # torch, transformers, the tokenizer and the vocabulary hold ~350k objects that live as long as the server: a
+    # full collection scanned them all (~190 ms with every stream stalled, measured). Frozen, it sees new ones only.
+    gc.collect()
+    gc.freeze()
     logger.info("model ready in %.1f s (vocabulary %d tokens, context %d tokens, %d slots)", time.perf_counter() - started,
                 grammars.vocabulary.vocab_size, runner.max_model_len, config.max_batch_size)
     return state

@@ -6,8 +6,10 @@ outlines-core's eager `Index` (same regex, same vocabulary) for the masks of a s
 
 from __future__ import annotations
 
+import gc
 import random
 import re
+import weakref
 
 import numpy as np
 import pytest
@@ -341,6 +343,18 @@ def test_compiler_caches_results_and_errors(byte_vocabulary: Vocabulary) -> None
         with pytest.raises(RegexSyntaxError):
             compiler.compile_regex("a(?=b)")
     assert compiler.num_cache_misses == 2 and compiler.num_cache_hits == 2
+
+
+def test_a_dropped_compiler_frees_its_grammars(byte_vocabulary: Vocabulary) -> None:
+    # A grammar's byte tracker sits in the finalizer registry while the grammar lives; it used to hold the budget,
+    # and so the compiler's cache and the grammar itself, for ever (every compiler leaked).
+    compiler = GrammarCompiler(byte_vocabulary)
+    grammar = compiler.compile_regex("[a-z]+")
+    GrammarMatcher(grammar).fill_next_token_bitmask(np.zeros((1, byte_vocabulary.num_words), dtype=np.int32), 0)
+    freed = weakref.ref(grammar)
+    del compiler, grammar
+    gc.collect()
+    assert freed() is None
 
 
 def test_empty_language_is_a_clear_error(byte_vocabulary: Vocabulary) -> None:
